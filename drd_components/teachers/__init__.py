@@ -1,0 +1,12 @@
+"""Frozen foundation-model teachers and safe checkpoint loading."""
+
+from drd_components.teachers.base import FrozenTeacher
+from drd_components.teachers.checkpoint import (
+    CheckpointError,
+    extract_state_dict,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    sha256sum,
+    verify_sha256,
+)
+from drd_components.teachers.preprocessing import TeacherPreprocessing

@@ -1,0 +1,106 @@
+"""Input adaptation from a bundle's image tensor to what a foundation model was trained on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TeacherPreprocessing"]
+
+
+class TeacherPreprocessing(nn.Module):
+    """Resize, channel adaptation, CT windowing and intensity normalisation for a teacher.
+
+    The bundle feeds the teacher the same tensor it feeds the student (``B x C x H x W`` or
+    ``B x C x D x H x W``). This module turns it into the foundation model's expected input in a
+    fixed order: optional CT window (clip to ``window`` in HU, rescale to ``[0, 1]``), rescale from
+    ``input_range`` to ``[0, 1]``, channel adaptation (grey -> ``in_channels`` by repetition,
+    colour -> grey by the channel mean), resize to ``spatial_size`` and per-channel
+    ``(x - mean) / std``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels the foundation model expects (3 for RGB models, 1 for most CT models).
+        spatial_size: input size of the model; ``None`` keeps the incoming size.
+        mean: per-channel mean after rescaling to ``[0, 1]`` (a single value is broadcast).
+        std: per-channel standard deviation (a single value is broadcast).
+        input_range: intensity range of the incoming tensor; mapped linearly to ``[0, 1]``.
+            Ignored when ``window`` is set.
+        window: optional ``(low, high)`` CT window in HU applied to the raw incoming tensor.
+        mode: interpolation mode for resizing (``"bilinear"``/``"trilinear"`` chosen from
+            ``spatial_dims`` when ``None``).
+
+    Raises:
+        ValueError: for invalid ``spatial_dims``, sizes or statistics.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        spatial_size: Sequence[int] | int | None = None,
+        mean: Sequence[float] | float = 0.0,
+        std: Sequence[float] | float = 1.0,
+        input_range: tuple[float, float] = (0.0, 1.0),
+        window: tuple[float, float] | None = None,
+        mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        if isinstance(spatial_size, int):
+            spatial_size = (spatial_size,) * spatial_dims
+        if spatial_size is not None and len(spatial_size) != spatial_dims:
+            raise ValueError(f"spatial_size {spatial_size} does not have {spatial_dims} entries.")
+        self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if (std_t <= 0).any():
+            raise ValueError(f"std must be positive, got {std}.")
+        for name, t in (("mean", mean_t), ("std", std_t)):
+            if t.numel() not in (1, in_channels):
+                raise ValueError(f"{name} needs 1 or {in_channels} values, got {t.numel()}.")
+        shape = (1, -1) + (1,) * spatial_dims
+        self.register_buffer("mean", mean_t.reshape(shape), persistent=False)
+        self.register_buffer("std", std_t.reshape(shape), persistent=False)
+        if input_range[1] <= input_range[0]:
+            raise ValueError(f"input_range must be increasing, got {input_range}.")
+        self.input_range = (float(input_range[0]), float(input_range[1]))
+        if window is not None and window[1] <= window[0]:
+            raise ValueError(f"window must be increasing, got {window}.")
+        self.window = window
+        self.mode = mode or ("bilinear" if spatial_dims == 2 else "trilinear")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Adapt ``x`` (``B x C x spatial``) to the teacher's input.
+
+        Raises:
+            ValueError: when ``x`` does not have ``spatial_dims + 2`` dimensions.
+        """
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(
+                f"teacher input must have shape B x C x {'x'.join('DHW'[-self.spatial_dims:])}, got {tuple(x.shape)}."
+            )
+        x = x.float()
+        if self.window is not None:
+            low, high = self.window
+            x = (x.clamp(low, high) - low) / (high - low)
+        elif self.input_range != (0.0, 1.0):
+            low, high = self.input_range
+            x = (x - low) / (high - low)
+        c = x.shape[1]
+        if c != self.in_channels:
+            if c == 1:
+                x = x.expand(-1, self.in_channels, *x.shape[2:])
+            elif self.in_channels == 1:
+                x = x.mean(dim=1, keepdim=True)
+            else:
+                raise ValueError(f"cannot adapt {c} input channels to the teacher's {self.in_channels}.")
+        if self.spatial_size is not None and tuple(x.shape[2:]) != self.spatial_size:
+            x = F.interpolate(x, size=self.spatial_size, mode=self.mode, align_corners=False)
+        return (x - self.mean) / self.std
