@@ -10,3 +10,4 @@ from drd_components.teachers.checkpoint import (
     verify_sha256,
 )
 from drd_components.teachers.preprocessing import TeacherPreprocessing
+from drd_components.teachers.standin import ResNetStandInTeacher

@@ -1,0 +1,247 @@
+"""The DRD training engine: a MONAI ``SupervisedTrainer`` whose iteration runs DRD."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.engines.workflow import Workflow
+from monai.utils.enums import CommonKeys as Keys
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.optim import Optimizer
+
+from drd_components.losses.drd_loss import DRDLoss, LinearSchedule
+from drd_components.networks.reprogramming import ReprogrammingModule
+
+__all__ = ["DRDTrainer", "LOSS_TERM_KEYS"]
+
+#: keys of the weighted loss terms placed in ``engine.state.output``; they add up to ``loss``.
+LOSS_TERM_KEYS = ("loss_task", "loss_hybrid", "loss_kl", "loss_cka")
+
+
+class DRDTrainer(SupervisedTrainer):
+    """Deep Reprogramming Distillation trainer.
+
+    Each iteration computes, once per batch: the frozen teacher's tapped features, the student's
+    stage outputs and prediction ``z_S``, the reprogrammed features ``r_i = phi_i(f^T)``, the
+    hybrid outputs ``z_i`` (``r_i`` pushed through the rest of the student), and the
+    :class:`~drd_components.losses.DRDLoss` terms; then one backward pass through student and
+    projectors (never through the teacher) and an optimizer step.
+
+    It fires the same events as :class:`monai.engines.SupervisedTrainer` (``FORWARD_COMPLETED``,
+    ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``, ``MODEL_COMPLETED``) and fills
+    ``engine.state.output`` with ``image``, ``label``, ``pred`` (the student's output) and ``loss``,
+    so postprocessing, metrics and handlers work unchanged. The weighted loss terms
+    (``loss_task``, ``loss_hybrid``, ``loss_kl``, ``loss_cka``), ``alpha``, ``beta`` and the
+    per-stage CKA similarities ``cka_stage<i>`` are added to the output as scalars and kept in
+    ``engine.state.drd_terms`` (floats) for StatsHandler / TensorBoard.
+
+    ``network`` is the student: checkpoints, validation, inference and export see the student
+    alone. Save ``projectors`` in the checkpoint too when training must be resumable.
+
+    Args:
+        device: device to train on.
+        max_epochs: number of epochs.
+        train_data_loader: training data.
+        network: the student (a :class:`~drd_components.networks.students.StagedNetwork`).
+        optimizer: optimizer over the student's and the projectors' parameters.
+        loss_function: a :class:`~drd_components.losses.DRDLoss`.
+        teacher: the frozen teacher (``stage_features(x)``).
+        projectors: the :class:`~drd_components.networks.ReprogrammingModule`.
+        alpha_schedule: weight of the hybrid task term over training (default 1 -> 0 linearly).
+        beta_schedule: weight of the KL term over training (default 1 -> 0 linearly).
+        amp: enable automatic mixed precision (``autocast`` on the training device).
+        amp_dtype: autocast dtype; default ``float16`` on CUDA, ``bfloat16`` elsewhere.
+        kl_mask_key: optional batch key holding a voxel mask that restricts the KL term
+            (e.g. the valid, non-padded image region).
+        kwargs: every other :class:`monai.engines.SupervisedTrainer` argument.
+
+    Raises:
+        TypeError: when the network has no staged interface or the loss is not a ``DRDLoss``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: nn.Module,
+        optimizer: Optimizer,
+        loss_function: DRDLoss,
+        teacher: nn.Module,
+        projectors: ReprogrammingModule,
+        alpha_schedule: Callable[[float], float] | None = None,
+        beta_schedule: Callable[[float], float] | None = None,
+        amp: bool = False,
+        amp_dtype: torch.dtype | str | None = None,
+        kl_mask_key: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        core = getattr(network, "module", network)  # DistributedDataParallel wraps the student
+        for attr in ("forward_stages", "forward_head", "forward_from"):
+            if not callable(getattr(core, attr, None)):
+                raise TypeError(f"the student must implement the StagedNetwork interface; '{attr}' is missing.")
+        if not isinstance(loss_function, DRDLoss):
+            raise TypeError(f"loss_function must be a DRDLoss, got {type(loss_function).__name__}.")
+        if kwargs.get("compile"):
+            raise ValueError("DRDTrainer does not support compile=True; compile the student's stages instead.")
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            amp=amp,
+            **kwargs,
+        )
+        self.teacher = teacher
+        if hasattr(teacher, "freeze"):
+            teacher.freeze()
+        else:
+            teacher.eval()
+            teacher.requires_grad_(False)
+        self.projectors = projectors
+        self.alpha_schedule = alpha_schedule if alpha_schedule is not None else LinearSchedule(1.0, 0.0)
+        self.beta_schedule = beta_schedule if beta_schedule is not None else LinearSchedule(1.0, 0.0)
+        if isinstance(amp_dtype, str):
+            amp_dtype = getattr(torch, amp_dtype)
+        device_type = torch.device(device).type
+        self.amp_device_type = device_type
+        self.amp_dtype = amp_dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
+        self.kl_mask_key = kl_mask_key
+        self.state.drd_terms = {}
+
+    @property
+    def student(self) -> nn.Module:
+        """The student without a DistributedDataParallel wrapper."""
+        return getattr(self.network, "module", self.network)
+
+    def progress(self) -> float:
+        """Training progress in ``[0, 1]``: 0 at the first iteration, 1 at the last."""
+        epoch_length = self.state.epoch_length or 1
+        total = max(int(self.state.max_epochs or 1) * int(epoch_length), 1)
+        return (max(self.state.iteration, 1) - 1) / max(total - 1, 1)
+
+    def compute_teacher_features(self, inputs: torch.Tensor, batchdata: Any = None) -> list[torch.Tensor]:
+        """Teacher features for ``inputs`` (override to serve them from a cache)."""
+        return self.teacher.stage_features(inputs)
+
+    def _trainable(self) -> list[nn.Parameter]:
+        params = list(self.student.parameters()) + list(self.projectors.parameters())
+        return [p for p in params if p.requires_grad]
+
+    def sync_gradients(self) -> None:
+        """Average student and projector gradients over all processes (multi-GPU training).
+
+        The student's stages and the projectors are called directly rather than through a
+        ``DistributedDataParallel`` forward (DRD needs the stage outputs and hybrid paths), so
+        DDP's own reducer stays idle and the gradients are all-reduced here in one flat buffer.
+        A no-op without an initialised process group of more than one process.
+        """
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        grads = [p.grad for p in self._trainable() if p.grad is not None]
+        if not grads:
+            return
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
+
+    def _broadcast_parameters(self) -> None:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        for t in list(self.student.state_dict().values()) + list(self.projectors.state_dict().values()):
+            dist.broadcast(t, src=0)
+
+    def run(self) -> None:
+        self._broadcast_parameters()
+        # GradScaler only for float16 autocast on CUDA; bfloat16 and CPU need none.
+        use_scaler = self.amp and self.amp_device_type == "cuda" and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        Workflow.run(self)
+
+    def _iteration(self, engine: DRDTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        mask = None
+        if engine.kl_mask_key is not None and isinstance(batchdata, dict):
+            mask = batchdata[engine.kl_mask_key].to(engine.state.device)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        alpha = float(engine.alpha_schedule(engine.progress()))
+        beta = float(engine.beta_schedule(engine.progress()))
+
+        acc = engine.accumulation_steps
+        local_iter = engine.state.iteration - 1
+        if engine.state.epoch_length is not None:
+            local_iter %= engine.state.epoch_length
+        last_in_epoch = engine.state.epoch_length is not None and local_iter + 1 == engine.state.epoch_length
+        should_zero_grad = local_iter % acc == 0
+        should_step = (local_iter + 1) % acc == 0 or last_in_epoch
+
+        engine.network.train()
+        engine.projectors.train()
+        if should_zero_grad:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        with torch.autocast(engine.amp_device_type, dtype=engine.amp_dtype, enabled=engine.amp):
+            teacher_feats = engine.compute_teacher_features(inputs, batchdata)
+            student = engine.student
+            s_feats = student.forward_stages(inputs)
+            pred = student.forward_head(s_feats)
+            engine.state.output[Keys.PRED] = pred
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            stages = engine.projectors.student_stages
+            reprogrammed = engine.projectors(teacher_feats, s_feats)
+            hybrids = [student.forward_from(i, r, s_feats) for i, r in zip(stages, reprogrammed)]
+            terms = engine.loss_function(
+                pred,
+                targets,
+                hybrid_outputs=hybrids,
+                student_features=[s_feats[i] for i in stages],
+                reprogrammed_features=reprogrammed,
+                alpha=alpha,
+                beta=beta,
+                mask=mask,
+                stage_ids=stages,
+            )
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite DRD loss at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            )
+        engine.state.output[Keys.LOSS] = loss
+        for key, value in terms.items():
+            if key != "loss":
+                engine.state.output[key] = value.detach()
+        engine.state.output["alpha"] = torch.tensor(alpha)
+        engine.state.output["beta"] = torch.tensor(beta)
+        engine.state.drd_terms = {k: float(v.detach()) for k, v in terms.items()} | {"alpha": alpha, "beta": beta}
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        scaled = loss / acc if acc > 1 else loss
+        if engine.scaler is not None:
+            engine.scaler.scale(scaled).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if should_step:
+                engine.sync_gradients()
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
+        else:
+            scaled.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if should_step:
+                engine.sync_gradients()
+                engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

@@ -1,0 +1,3 @@
+"""Ignite/MONAI handlers and output transforms for DRD training."""
+
+from drd_components.handlers.loss_terms import LossTermsTransform

@@ -1,0 +1,123 @@
+"""DRDTrainer: one DRD iteration does what the method says and behaves like a MONAI trainer."""
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.data import DataLoader
+from monai.engines import SupervisedEvaluator
+from monai.handlers import StatsHandler, ValidationHandler
+
+from drd_components.engines import LOSS_TERM_KEYS, DRDTrainer
+from drd_components.handlers import LossTermsTransform
+from drd_components.losses import DRDLoss, LinearSchedule
+from drd_components.networks import ReprogrammingModule, StagedResNet18
+from drd_components.teachers import ResNetStandInTeacher
+
+
+def _data(n=8, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"image": torch.rand(1, size, size, generator=g), "label": torch.tensor(i % 3)} for i in range(n)]
+
+
+def _build(epochs=1, amp=False, batch_size=4, stages="all", **trainer_kwargs):
+    torch.manual_seed(0)
+    teacher = ResNetStandInTeacher(block_inplanes=(8, 16, 32, 64))
+    student = StagedResNet18(2, 1, 3, block_inplanes=(8, 16, 32, 64))
+    projectors = ReprogrammingModule.from_models(teacher, student, [2, 1, 32, 32], stages=stages)
+    opt = torch.optim.SGD(list(student.parameters()) + list(projectors.parameters()), lr=0.01)
+    loader = DataLoader(_data(), batch_size=batch_size, shuffle=False)
+    trainer = DRDTrainer(
+        device="cpu",
+        max_epochs=epochs,
+        train_data_loader=loader,
+        network=student,
+        optimizer=opt,
+        loss_function=DRDLoss(torch.nn.CrossEntropyLoss()),
+        teacher=teacher,
+        projectors=projectors,
+        amp=amp,
+        **trainer_kwargs,
+    )
+    return trainer, teacher, student, projectors
+
+
+def test_one_iteration_teacher_frozen_everything_else_learns():
+    trainer, teacher, student, projectors = _build(epoch_length=1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer.run()
+    assert trainer.state.iteration == 1
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), f"teacher tensor {k} changed"
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not teacher.training
+    for name, module in (("student", student), ("projectors", projectors)):
+        for pname, p in module.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname} got no gradient"
+
+
+def test_schedule_and_terms_add_up():
+    trainer, *_ = _build(epochs=3)  # 2 iterations per epoch -> 6 iterations
+    seen = []
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def record(engine):
+        out = engine.state.output[0]
+        total = sum(float(out[k]) for k in LOSS_TERM_KEYS)
+        assert float(out["loss"]) == pytest.approx(total, rel=1e-5, abs=1e-6)
+        seen.append((engine.state.drd_terms["alpha"], engine.state.drd_terms["beta"]))
+
+    trainer.run()
+    expected = [1 - i / 5 for i in range(6)]
+    assert [a for a, _ in seen] == pytest.approx(expected)
+    assert [b for _, b in seen] == pytest.approx(expected)
+
+
+def test_custom_schedules():
+    trainer, *_ = _build(
+        epochs=2, alpha_schedule=LinearSchedule(0.5, 0.5), beta_schedule=LinearSchedule(0.0, 1.0)
+    )
+    trainer.run()
+    assert trainer.state.drd_terms["alpha"] == pytest.approx(0.5)
+    assert trainer.state.drd_terms["beta"] == pytest.approx(1.0)
+
+
+def test_amp_bfloat16_on_cpu():
+    trainer, _, student, _ = _build(amp=True, epoch_length=2)
+    assert trainer.amp_dtype == torch.bfloat16
+    trainer.run()
+    assert torch.isfinite(torch.tensor(trainer.state.drd_terms["loss"]))
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+
+
+def test_fires_events_and_works_with_stock_handlers(capsys):
+    trainer, _, student, _ = _build(epochs=1)
+    evaluator = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(_data(4), batch_size=2), network=student)
+    ValidationHandler(validator=evaluator, interval=1).attach(trainer)
+    StatsHandler(name="drd_test", output_transform=LossTermsTransform(), iteration_log=True).attach(trainer)
+    from monai.engines.utils import IterationEvents
+
+    fired = []
+    for ev in (IterationEvents.FORWARD_COMPLETED, IterationEvents.LOSS_COMPLETED,
+               IterationEvents.BACKWARD_COMPLETED, IterationEvents.MODEL_COMPLETED):
+        trainer.add_event_handler(ev, lambda e, ev=ev: fired.append(ev))
+    trainer.run()
+    assert len(fired) == 4 * 2
+    assert evaluator.state.iteration == 2  # validation ran with the student
+    logged = capsys.readouterr().out + capsys.readouterr().err
+    for key in ("loss_task", "loss_hybrid", "loss_kl", "loss_cka", "cka_stage3", "alpha"):
+        assert key in logged
+
+
+def test_rd_preset_single_projector():
+    trainer, _, _, projectors = _build(stages="last", epoch_length=1)
+    trainer.run()
+    assert projectors.student_stages == [3]
+    assert set(k for k in trainer.state.drd_terms if k.startswith("cka_stage")) == {"cka_stage3"}
+
+
+def test_rejects_non_staged_network_and_wrong_loss():
+    trainer, teacher, student, projectors = _build()
+    with pytest.raises(TypeError, match="StagedNetwork"):
+        DRDTrainer("cpu", 1, [], torch.nn.Linear(2, 2), trainer.optimizer, trainer.loss_function, teacher, projectors)
+    with pytest.raises(TypeError, match="DRDLoss"):
+        DRDTrainer("cpu", 1, [], student, trainer.optimizer, torch.nn.CrossEntropyLoss(), teacher, projectors)
