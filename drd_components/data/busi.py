@@ -104,7 +104,7 @@ def busi_classification_datalist(
     if output_file is not None:
         out = Path(output_file)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(parts, indent=1))
         os.replace(tmp, out)
     return parts
