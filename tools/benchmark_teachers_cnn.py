@@ -51,7 +51,9 @@ def _names(teachers: str | Sequence[str]) -> list[str]:
     return names
 
 
-def measure(name: str, repeats: int = 3, warmup: int = 1, size: Sequence[int] | str | None = None, threads: int = 0) -> None:
+def measure(
+    name: str, repeats: int = 3, warmup: int = 1, size: Sequence[int] | str | None = None, threads: int = 0
+) -> None:
     """Build one teacher and time ``stage_features`` on one input; print a JSON record.
 
     Args:
@@ -137,17 +139,19 @@ def run(
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
             tail = (proc.stderr or proc.stdout)[-800:]
-            rows.append(f"| {name} | failed (rc {proc.returncode}) | | | | | `{tail.strip().splitlines()[-1] if tail.strip() else ''}` |")
+            last = tail.strip().splitlines()[-1] if tail.strip() else ""
+            rows.append(f"| {name} | failed (rc {proc.returncode}): `{last}` | | | | | | |")
             continue
         r = json.loads(lines[-1])
         tap_lines.append((r["class"], r["taps"]))
         rows.append(
             f"| {r['class']} | {r['params'] / 1e6:.2f} M | {'x'.join(map(str, r['input']))} | "
-            f"{r['build_s']:.2f} | {r['forward_s']:.3f} | {r['peak_rss_built_gib']:.2f} | {r['peak_rss_gib']:.2f} |"
+            f"{r['threads']} | {r['build_s']:.2f} | {r['forward_s']:.3f} | {r['peak_rss_built_gib']:.2f} | "
+            f"{r['peak_rss_gib']:.2f} |"
         )
     header = (
-        "| teacher | params | input (B x C x spatial) | build s | forward s (median) | peak RSS after build GiB "
-        "| peak RSS incl. forward GiB |\n|---|---|---|---|---|---|---|"
+        "| teacher | params | input (B x C x spatial) | threads | build s | forward s (median) "
+        "| peak RSS after build GiB | peak RSS incl. forward GiB |\n|---|---|---|---|---|---|---|---|"
     )
     print(header + "\n" + "\n".join(rows))
     for name, taps in tap_lines:

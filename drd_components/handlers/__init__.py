@@ -2,3 +2,5 @@
 
 from drd_components.handlers.loss_terms import LossTermsTransform
 from drd_components.handlers.predictions import ClassificationPredictionsWriter
+from drd_components.handlers.epoch_timer import EpochTimeLogger
+from drd_components.handlers.metric_transforms import classification_output_transform

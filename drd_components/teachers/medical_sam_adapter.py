@@ -12,14 +12,13 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from drd_components.teachers.base import FrozenTeacher
 from drd_components.teachers.preprocessing import TeacherPreprocessing
 from drd_components.teachers.sam_vit import (
     SAM_GLOBAL_ATTN_INDEXES,
     SamViTEncoder,
-    _check_size,
+    check_spatial_size,
     init_context,
     make_view,
     strip_module_prefix,
@@ -117,7 +116,7 @@ class MedicalSAMAdapterTeacher(FrozenTeacher):
             raise ValueError(f"input_scaling must be 'unit' or 'sam', got {input_scaling!r}.")
         if checkpoint is not None and sam_checkpoint is None:
             raise ValueError("MSA adapter weights need the SAM ViT-B base weights: pass sam_checkpoint.")
-        size = _check_size(spatial_size, 16, 2, "MSA")
+        size = check_spatial_size(spatial_size, 16, 2, "MSA")
         self.rel_pos = rel_pos
         if input_scaling == "sam":
             mean, std = [m / 255.0 for m in SAM_PIXEL_MEAN], [s / 255.0 for s in SAM_PIXEL_STD]
@@ -133,7 +132,12 @@ class MedicalSAMAdapterTeacher(FrozenTeacher):
             self.image_encoder.to_empty(device="cpu")
         if sam_checkpoint is not None:
             self.load_official_checkpoint(
-                make_view(self.image_encoder, "image_encoder.", keep=lambda k: not _is_adapter_key(k), label="SAM ViT-B image_encoder"),
+                make_view(
+                    self.image_encoder,
+                    "image_encoder.",
+                    keep=lambda k: not _is_adapter_key(k),
+                    label="SAM ViT-B image_encoder",
+                ),
                 sam_checkpoint,
                 sha256=sam_sha256,
                 key_map=self._base_key_map,

@@ -172,13 +172,21 @@ class MerlinTeacher(FrozenTeacher):
             obj = load_checkpoint_file(checkpoint, sha256=sha256)
             state = extract_state_dict(obj, ("state_dict",), path=str(checkpoint))
             del obj
-        self.i3_resnet = _MerlinI3ResNet(keep_heads=keep_heads, num_phenotypes=num_phenotypes)
         if state is not None:
-            load_state_dict_strict(
-                self.i3_resnet, state, key_map=partial(merlin_key_map, keep_heads=keep_heads), source=f"'{checkpoint}'"
-            )
-            logger.info("MerlinTeacher: loaded %d of %d tensors from %s", len(self.i3_resnet.state_dict()), len(state), checkpoint)
+            # every tensor comes from the file (strict load), so skip the random initialisation of
+            # 122 M parameters: build on the meta device and allocate uninitialised storage.
+            with torch.device("meta"):
+                net = _MerlinI3ResNet(keep_heads=keep_heads, num_phenotypes=num_phenotypes)
+            self.i3_resnet = net.to_empty(device="cpu")
+            for name, buf in self.i3_resnet.named_buffers():
+                if name.endswith("num_batches_tracked"):  # the only keys the file may lack
+                    buf.zero_()
+            key_map = partial(merlin_key_map, keep_heads=keep_heads)
+            load_state_dict_strict(self.i3_resnet, state, key_map=key_map, source=f"'{checkpoint}'")
+            n_loaded = len(self.i3_resnet.state_dict())
+            logger.info("MerlinTeacher: loaded %d of the %d tensors in %s", n_loaded, len(state), checkpoint)
         else:
+            self.i3_resnet = _MerlinI3ResNet(keep_heads=keep_heads, num_phenotypes=num_phenotypes)
             logger.warning("MerlinTeacher: no checkpoint given, using RANDOM weights (tests / dry runs only).")
         self.freeze()
 

@@ -131,12 +131,16 @@ class RadImageNetDenseNet121Teacher(FrozenTeacher):
     ) -> None:
         super().__init__()
         if normalization not in RADIMAGENET_NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {sorted(RADIMAGENET_NORMALIZATIONS)}, got {normalization!r}.")
+            raise ValueError(
+                f"normalization must be one of {sorted(RADIMAGENET_NORMALIZATIONS)}, got {normalization!r}."
+            )
         if checkpoint is None and sha256:
             raise ValueError("sha256 was given without a checkpoint file.")
         mean, std = RADIMAGENET_NORMALIZATIONS[normalization]
         self.normalization = normalization
-        self.preprocessing = _BGRPreprocessing(spatial_dims=2, in_channels=3, spatial_size=spatial_size, mean=mean, std=std)
+        self.preprocessing = _BGRPreprocessing(
+            spatial_dims=2, in_channels=3, spatial_size=spatial_size, mean=mean, std=std
+        )
         self.features = DenseNet121(spatial_dims=2, in_channels=3, out_channels=1).features
         if checkpoint is not None:
             self.load_official_checkpoint(

@@ -40,7 +40,10 @@ from drd_components.teachers.preprocessing import TeacherPreprocessing
 
 __all__ = [
     "StateDictView",
+    "make_view",
     "init_context",
+    "check_spatial_size",
+    "strip_module_prefix",
     "SampleIntensityNorm",
     "LayerNorm2d",
     "BottleneckAdapter",
@@ -111,7 +114,9 @@ class StateDictView(nn.Module):
         return self._target.load_state_dict(stripped, strict=False)
 
 
-def make_view(module: nn.Module, prefix: str = "", keep: Callable[[str], bool] | None = None, label: str | None = None) -> StateDictView:
+def make_view(
+    module: nn.Module, prefix: str = "", keep: Callable[[str], bool] | None = None, label: str | None = None
+) -> StateDictView:
     """A :class:`StateDictView` whose class name is ``label`` (it appears in CheckpointError messages)."""
     label = label or type(module).__name__
     cls = type(label, (StateDictView,), {})
@@ -177,7 +182,9 @@ class SampleIntensityNorm(nn.Module):
         self.per_channel = per_channel
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, percentiles={self.percentiles}, nonzero={self.nonzero}, per_channel={self.per_channel}"
+        return (
+            f"mode={self.mode}, percentiles={self.percentiles}, nonzero={self.nonzero}, per_channel={self.per_channel}"
+        )
 
     def _clip(self, x: torch.Tensor) -> torch.Tensor:
         low_q, high_q = self.percentiles  # type: ignore[misc]
@@ -296,7 +303,9 @@ class RelPosAttention(nn.Module):
         rel_pos_size: ``(h, w)`` grid the relative tables are sized for (``None``: no tables).
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, rel_pos_size: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, rel_pos_size: tuple[int, int] | None = None
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -509,7 +518,21 @@ class SamViTEncoder(nn.Module):
         return self.forward_taps(x, ())[-1]
 
 
-def _check_size(spatial_size: int | Sequence[int], multiple: int, dims: int, name: str) -> tuple[int, ...]:
+def check_spatial_size(spatial_size: int | Sequence[int], multiple: int, dims: int, name: str) -> tuple[int, ...]:
+    """Validate a model input size.
+
+    Args:
+        spatial_size: an int (same size on every axis) or one size per axis.
+        multiple: every size must be a positive multiple of this.
+        dims: number of spatial axes.
+        name: model name for the error message.
+
+    Returns:
+        the size as a tuple.
+
+    Raises:
+        ValueError: wrong number of axes or a size that is not a positive multiple.
+    """
     size = (int(spatial_size),) * dims if isinstance(spatial_size, int) else tuple(int(s) for s in spatial_size)
     if len(size) != dims or any(s <= 0 or s % multiple for s in size):
         raise ValueError(f"{name} spatial_size must be {dims} positive multiples of {multiple}, got {spatial_size}.")
@@ -518,7 +541,7 @@ def _check_size(spatial_size: int | Sequence[int], multiple: int, dims: int, nam
 
 def strip_module_prefix(key: str) -> str:
     """Remove a leading ``module.`` (DataParallel/DDP wrapper) from a key."""
-    return key[len("module."):] if key.startswith("module.") else key
+    return key[len("module.") :] if key.startswith("module.") else key
 
 
 # ------------------------------------------------------------------------------------------------
@@ -584,7 +607,7 @@ class MedSAMTeacher(FrozenTeacher):
         percentiles: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
-        size = _check_size(spatial_size, 16, 2, "MedSAM")
+        size = check_spatial_size(spatial_size, 16, 2, "MedSAM")
         self.preprocessing = nn.Sequential(
             SampleIntensityNorm("none", percentiles=percentiles, nonzero=True) if percentiles else nn.Identity(),
             TeacherPreprocessing(2, 3, size, mean=0.0, std=1.0, window=window, mode="bicubic"),

@@ -29,7 +29,7 @@ from torch import nn
 
 from drd_components.teachers.base import FrozenTeacher
 from drd_components.teachers.preprocessing import TeacherPreprocessing
-from drd_components.teachers.sam_vit import SampleIntensityNorm, _check_size, init_context, make_view
+from drd_components.teachers.sam_vit import SampleIntensityNorm, check_spatial_size, init_context, make_view
 
 __all__ = [
     "numpy_scalar_safe_globals",
@@ -134,39 +134,42 @@ def selective_scan_reference(
     return y
 
 
-def _scan_group(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Chunked scan of channels sharing one ``B``/``C`` (``u``, ``delta``: b x d x l; ``B``, ``C``: b x n x l)."""
+def _chunked_scan(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """Two-level chunked scan (``u``, ``delta``: b x d x l; ``A``: d x n; ``B``, ``C``: b x g x n x l)."""
     b, d, length = u.shape
-    n = A.shape[1]
+    g, n = B.shape[1], A.shape[1]
+    dg = d // g
     nc = -(-length // chunk)
     pad = nc * chunk - length
     if pad:  # delta = 0 on padded steps: the state is carried unchanged and their outputs dropped
         u, delta, B, C = (F.pad(t, (0, pad)) for t in (u, delta, B, C))
-    # time-major, chunked, contiguous layout: step t of every chunk c at [t, :, :, c, :]
-    dt = delta.view(b, d, nc, chunk).permute(3, 0, 1, 2)  # T b d c
-    dtu = (delta * u).view(b, d, nc, chunk).permute(3, 0, 1, 2)  # T b d c
-    Bt = B.view(b, n, nc, chunk).permute(3, 0, 2, 1)[:, :, None]  # T b 1 c n
-    Ct = C.view(b, n, nc, chunk).permute(3, 0, 2, 1)[:, :, None]  # T b 1 c n
-    log_decay = (dt[..., None] * A[None, None, :, None, :]).contiguous()  # T b d c n, <= 0
-    decay = log_decay.exp()
-    inp = (dtu[..., None] * Bt).contiguous()  # delta_t * B_t * u_t
-    # 1) every chunk scanned from a zero state, all chunks in parallel (chunk vectorised steps)
-    states = torch.empty_like(inp)
-    states[0].copy_(inp[0])
-    for t in range(1, chunk):
-        torch.addcmul(inp[t], decay[t], states[t - 1], out=states[t])
-    # 2) true state entering each chunk: h0[c+1] = decay(c) * h0[c] + h_local_end[c]
-    cum = log_decay.cumsum_(0)  # log-decay from the chunk start to step t (inclusive), <= 0
-    total = cum[-1].exp().permute(2, 0, 1, 3).contiguous()  # c b d n
-    last = states[-1].permute(2, 0, 1, 3).contiguous()  # local end state of each chunk, c b d n
-    h0 = torch.zeros_like(total)
+    # time-major chunked layout: index [t, ..., c, ...] is step t of chunk c
+    dt = delta.view(b, g, dg, nc, chunk).permute(4, 0, 1, 2, 3).contiguous()  # T b g dg c
+    dtu = (delta * u).view(b, g, dg, nc, chunk).permute(4, 0, 1, 2, 3).contiguous()  # T b g dg c
+    Bt = B.view(b, g, n, nc, chunk).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()  # T b g 1 c n
+    Ct = C.view(b, g, n, nc, chunk).permute(4, 0, 1, 3, 2).unsqueeze(3).contiguous()  # T b g 1 c n
+    A = A.view(g, dg, 1, n)
+    y = u.new_empty(chunk, b, g, dg, nc)
+    # pass 1: every chunk scanned from a zero state, all chunks at once
+    h = u.new_zeros(b, g, dg, nc, n)
+    for t in range(chunk):
+        h = torch.addcmul(dtu[t].unsqueeze(-1) * Bt[t], torch.exp(dt[t].unsqueeze(-1) * A), h)
+        y[t] = (h * Ct[t]).sum(-1)
+    # state entering each chunk: h0[c] = decay(c-1) * h0[c-1] + h_local_end[c-1], h0[0] = 0,
+    # with decay(c) = exp(A * sum of delta over chunk c) (<= 1)
+    cum_dt = dt.cumsum(0)  # T b g dg c
+    total = torch.exp(cum_dt[-1].unsqueeze(-1) * A).movedim(3, 0)  # c b g dg n
+    last = h.movedim(3, 0)
+    entering = [torch.zeros_like(last[0])]
     for c in range(1, nc):
-        torch.addcmul(last[c - 1], total[c - 1], h0[c - 1], out=h0[c])
-    h0 = h0.permute(1, 2, 0, 3)  # b d c n
-    # 3) full state = local state + decayed carried state; y_t = <C_t, h_t>
-    states.addcmul_(cum.exp_(), h0)
-    y = (states * Ct).sum(-1)  # T b d c
-    return y.permute(1, 2, 3, 0).reshape(b, d, nc * chunk)[..., :length]
+        entering.append(torch.addcmul(last[c - 1], total[c - 1], entering[-1]))
+    h0 = torch.stack(entering, dim=3)  # b g dg c n
+    # pass 2: add the carried state's decayed contribution <C_t, exp(A * sum_{s<=t} delta_s) h0>
+    for t in range(chunk):
+        y[t] += (torch.exp(cum_dt[t].unsqueeze(-1) * A) * h0 * Ct[t]).sum(-1)
+    return y.permute(1, 2, 3, 4, 0).reshape(b, d, nc * chunk)[..., :length]
 
 
 def selective_scan(
@@ -183,11 +186,13 @@ def selective_scan(
     """Selective scan, vectorised: a two-level chunked recurrence in pure PyTorch.
 
     The sequence is cut into chunks of ``chunk_size`` steps (default ``ceil(sqrt(l))``). All chunks
-    are scanned at once from a zero state (``chunk_size`` vectorised steps); then the state entering
-    each chunk is propagated across chunks (``l / chunk_size`` cheap steps) and its decayed
-    contribution ``<C_t, exp(sum_{s<=t} delta_s A) h_0>`` is added in one batched product. Every
-    exponent is ``<= 0`` (``A < 0``), so nothing overflows. This replaces ``l`` sequential steps by
-    about ``2 sqrt(l)``; the result equals :func:`selective_scan_reference` up to float rounding.
+    (and all channels) are scanned at once from a zero state, in ``chunk_size`` vectorised steps;
+    then the state entering each chunk is propagated across chunks (``l / chunk_size`` cheap
+    steps), and a second vectorised pass over the chunk steps adds its decayed contribution
+    ``<C_t, exp(A * sum_{s<=t} delta_s) h_0>``. Every exponent is ``<= 0`` (``A < 0``), so nothing
+    overflows, and the working tensors stay at ``b x d x l/chunk x n``. This replaces ``l``
+    sequential steps by about ``3 sqrt(l)`` vectorised ones; the result equals
+    :func:`selective_scan_reference` up to float rounding.
 
     Args:
         u, delta, A, B, C, D, delta_bias, delta_softplus: as in :func:`selective_scan_reference`.
@@ -199,13 +204,7 @@ def selective_scan(
     u, delta, A, B, C = _prepare_scan(u, delta, A, B, C, delta_bias, delta_softplus)
     length = u.shape[-1]
     chunk = max(1, min(length, chunk_size or math.ceil(math.sqrt(length))))
-    groups = B.shape[1]
-    dg = u.shape[1] // groups
-    ys = [
-        _scan_group(u[:, g * dg : (g + 1) * dg], delta[:, g * dg : (g + 1) * dg], A[g * dg : (g + 1) * dg], B[:, g], C[:, g], chunk)
-        for g in range(groups)
-    ]
-    y = torch.cat(ys, dim=1)
+    y = _chunked_scan(u, delta, A, B, C, chunk)
     if D is not None:
         y = y + u * D.float()[None, :, None]
     return y
@@ -233,7 +232,15 @@ class SS2D(nn.Module):
         chunk_size: chunk length of the chunked scan (``None``: ``ceil(sqrt(L))``).
     """
 
-    def __init__(self, d_model: int, d_state: int = 16, expand: int = 2, d_conv: int = 3, scan: str = "chunked", chunk_size: int | None = None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        expand: int = 2,
+        d_conv: int = 3,
+        scan: str = "chunked",
+        chunk_size: int | None = None,
+    ) -> None:
         super().__init__()
         if scan not in ("chunked", "naive"):
             raise ValueError(f"scan must be 'chunked' or 'naive', got {scan!r}.")
@@ -259,7 +266,9 @@ class SS2D(nn.Module):
         bound = self.d_inner**-0.5
         self.x_proj_weight.uniform_(-bound, bound)
         self.dt_projs_weight.uniform_(-(self.dt_rank**-0.5), self.dt_rank**-0.5)
-        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(
+            min=1e-4
+        )
         self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
         self.A_logs.copy_(torch.log(states).expand_as(self.A_logs))
@@ -372,7 +381,10 @@ class VSSMEncoder(nn.Module):
         super().__init__()
         self.patch_embed = _PatchEmbed2D(patch_size, in_chans, dims[0])
         self.layers = nn.ModuleList(
-            [_VSSLayer(dim, depth, d_state=d_state, scan=scan, chunk_size=chunk_size) for dim, depth in zip(dims, depths)]
+            [
+                _VSSLayer(dim, depth, d_state=d_state, scan=scan, chunk_size=chunk_size)
+                for dim, depth in zip(dims, depths)
+            ]
         )
         self.downsamples = nn.ModuleList([_PatchMerging2D(dim) for dim in dims[:-1]])
 
@@ -455,13 +467,16 @@ class SwinUMambaTeacher(FrozenTeacher):
         super().__init__()
         if normalization not in ("zscore", "none"):
             raise ValueError(f"normalization must be 'zscore' or 'none', got {normalization!r}.")
-        size = _check_size(spatial_size, 32, 2, "Swin-UMamba")
+        size = check_spatial_size(spatial_size, 32, 2, "Swin-UMamba")
         steps: list[nn.Module] = [TeacherPreprocessing(2, in_channels, size, mean=0.0, std=1.0, mode="bilinear")]
         if normalization == "zscore":
             steps.append(SampleIntensityNorm("zscore", per_channel=True))
         self.preprocessing = nn.Sequential(*steps)
         with init_context(checkpoint is not None):
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, 48, kernel_size=7, stride=2, padding=3), nn.InstanceNorm2d(48, eps=1e-5, affine=True))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, 48, kernel_size=7, stride=2, padding=3),
+                nn.InstanceNorm2d(48, eps=1e-5, affine=True),
+            )
             self.vssm_encoder = VSSMEncoder(in_chans=48, patch_size=2, scan=scan, chunk_size=scan_chunk)
         if checkpoint is not None:
             self.stem.to_empty(device="cpu")
