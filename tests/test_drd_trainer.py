@@ -55,6 +55,21 @@ def test_one_iteration_teacher_frozen_everything_else_learns():
             assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname} got no gradient"
 
 
+def test_hybrid_paths_leave_batchnorm_running_stats_to_the_student_path():
+    import copy
+
+    trainer, _, student, _ = _build(epoch_length=1)
+    reference = copy.deepcopy(student).train()
+    batch = next(iter(trainer.data_loader))
+    with torch.no_grad():
+        reference(batch["image"])  # one plain training-mode forward updates the running stats
+    trainer.run()
+    ref_state = reference.state_dict()
+    for key, value in student.state_dict().items():
+        if "running_" in key or "num_batches_tracked" in key:
+            torch.testing.assert_close(value, ref_state[key], msg=f"{key} was changed by a hybrid path")
+
+
 def test_schedule_and_terms_add_up():
     trainer, *_ = _build(epochs=3)  # 2 iterations per epoch -> 6 iterations
     seen = []

@@ -207,7 +207,8 @@ def run(
         peak = f"{r['peak_cuda_gib']:.2f} (CUDA)" if r["peak_cuda_gib"] is not None else f"{r['peak_rss_gib']:.2f}"
         rows.append(
             f"| {name} | {r['params'] / 1e6:.2f} M | {'x'.join(map(str, r['input']))} | "
-            f"{r['device']} x{r['threads']} | {r['build_s']:.2f} | {r['forward_s']:.2f} | {r['peak_rss_built_gib']:.2f} | {peak} | {note} |"
+            f"{r['device']} x{r['threads']} | {r['build_s']:.2f} | {r['forward_s']:.2f} | "
+            f"{r['peak_rss_built_gib']:.2f} | {peak} | {note} |"
         )
         tap_lines.append(f"- {name}: " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r["taps"].items()))
     print(

@@ -176,7 +176,7 @@ def write_synthetic_msd_hippocampus(
         image = image.astype(np.float32)
         affine = np.diag([-1.0, -1.0, 1.0, 1.0])
         affine[:3, 3] = rng.uniform(-60, 60, size=3)
-        if i % 4 == 3:  # slightly oblique acquisition
+        if i % 3 == 2:  # slightly oblique acquisition
             a = np.deg2rad(rng.uniform(3, 8))
             rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
             affine[:3, :3] = rot @ affine[:3, :3]

@@ -56,6 +56,8 @@ class LoadUnionMaskd(MapTransform):
         label_key: key of the new label (``1 x spatial``, ``uint8`` values 0/1).
         reference_key: image key used for the shape (and meta data) of an empty label.
         reader: MONAI image reader for the mask files (default: chosen by file type).
+        remove_source: drop the list of mask files from the item (lists of different lengths
+            cannot be collated into a batch).
         allow_missing_keys: skip items without ``keys``.
 
     Raises:
@@ -68,10 +70,12 @@ class LoadUnionMaskd(MapTransform):
         label_key: str = "label",
         reference_key: str = "image",
         reader: str | None = None,
+        remove_source: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
+        self.remove_source = remove_source
         self.reference_key = reference_key
         self.loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
 
@@ -93,6 +97,8 @@ class LoadUnionMaskd(MapTransform):
                 meta = dict(ref.meta) if isinstance(ref, MetaTensor) else {}
                 union = MetaTensor(union, meta=meta)
             d[self.label_key] = union.to(torch.uint8)
+            if self.remove_source and key != self.label_key:
+                d.pop(key)
         return d
 
 

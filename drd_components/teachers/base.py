@@ -107,6 +107,21 @@ class FrozenTeacher(nn.Module, ABC):
         load_state_dict_strict(module, state, key_map=key_map, source=f"'{path}'")
         logger.info("%s: loaded %d tensors from %s", type(self).__name__, len(state), path)
 
+    def warn_random_weights(self, part: str | None = None, argument: str = "checkpoint") -> None:
+        """Log that (part of) the teacher keeps its random initialisation because no file was given.
+
+        The warning goes to the logger of the module defining the teacher class. A teacher with
+        random weights is only meant for tests and dry runs.
+
+        Args:
+            part: the part left random (e.g. ``"the adapters"``); ``None`` for the whole model.
+            argument: the constructor argument that was not given.
+        """
+        what = f"using RANDOM weights for {part}" if part else "using RANDOM weights"
+        logging.getLogger(type(self).__module__).warning(
+            "%s: no %s given, %s (tests / dry runs only).", type(self).__name__, argument, what
+        )
+
     @torch.no_grad()
     def feature_shapes(self, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
         """Shapes of :meth:`stage_features` for a zero input of ``input_shape`` (``B x C x spatial``)."""

@@ -12,19 +12,18 @@ MONAI's ``ResNet`` with the arguments below has exactly the 318 keys, with no re
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import ResNet
 
+from drd_components.networks.students.resnet import resnet_stage_modules
 from drd_components.teachers.base import FrozenTeacher
+from drd_components.teachers.checkpoint import check_checkpoint_args
 from drd_components.teachers.preprocessing import TeacherPreprocessing
 
 __all__ = ["LVMMedResNet50Teacher", "lvm_med_key_map", "IMAGENET_MEAN", "IMAGENET_STD"]
-
-logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,8 +89,7 @@ class LVMMedResNet50Teacher(FrozenTeacher):
         spatial_size: int | Sequence[int] = 224,
     ) -> None:
         super().__init__()
-        if checkpoint is None and sha256:
-            raise ValueError("sha256 was given without a checkpoint file.")
+        check_checkpoint_args(checkpoint, sha256)
         self.preprocessing = TeacherPreprocessing(
             spatial_dims=2, in_channels=3, spatial_size=spatial_size, mean=IMAGENET_MEAN, std=IMAGENET_STD
         )
@@ -112,15 +110,16 @@ class LVMMedResNet50Teacher(FrozenTeacher):
                 self.encoder, checkpoint, sha256=sha256, container_keys=("state_dict",), key_map=lvm_med_key_map
             )
         else:
-            logger.warning("LVMMedResNet50Teacher: no checkpoint given, using RANDOM weights (tests / dry runs only).")
+            self.warn_random_weights()
+        # stem + layer1, layer2, layer3, layer4 (modules shared with ``encoder``); a plain tuple, so
+        # they are not registered, and saved, a second time
+        self._stages = tuple(resnet_stage_modules(self.encoder))
         self.freeze()
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``layer1`` .. ``layer4`` maps for a preprocessed ``B x 3 x H x W`` input."""
-        net = self.encoder
-        x = net.maxpool(net.act(net.bn1(net.conv1(x))))
         outs = []
-        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-            x = layer(x)
+        for stage in self._stages:
+            x = stage(x)
             outs.append(x)
         return outs

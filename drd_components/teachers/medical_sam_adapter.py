@@ -8,25 +8,16 @@ MSA keeps SAM ViT-B frozen and trains three bottleneck adapters per block. The r
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
 
 from drd_components.teachers.base import FrozenTeacher
-from drd_components.teachers.preprocessing import TeacherPreprocessing
-from drd_components.teachers.sam_vit import (
-    SAM_GLOBAL_ATTN_INDEXES,
-    SamViTEncoder,
-    check_spatial_size,
-    init_context,
-    make_view,
-    strip_module_prefix,
-)
+from drd_components.teachers.checkpoint import init_context, make_view, materialize_for_load, strip_module_prefix
+from drd_components.teachers.preprocessing import TeacherPreprocessing, check_spatial_size
+from drd_components.teachers.sam_vit import SAM_GLOBAL_ATTN_INDEXES, SamViTEncoder
 
 __all__ = ["MedicalSAMAdapterTeacher", "SAM_PIXEL_MEAN", "SAM_PIXEL_STD"]
-
-logger = logging.getLogger(__name__)
 
 #: SAM's ImageNet statistics on the 0-255 scale (``Sam.pixel_mean`` / ``pixel_std``).
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -129,7 +120,7 @@ class MedicalSAMAdapterTeacher(FrozenTeacher):
             # zero relative-position tables add nothing to the logits: build none.
             self.image_encoder = SamViTEncoder(use_rel_pos=(rel_pos == "sam"), adapters=True)
         if full_load:
-            self.image_encoder.to_empty(device="cpu")
+            materialize_for_load(self.image_encoder)
         if sam_checkpoint is not None:
             self.load_official_checkpoint(
                 make_view(
@@ -143,7 +134,7 @@ class MedicalSAMAdapterTeacher(FrozenTeacher):
                 key_map=self._base_key_map,
             )
         else:
-            logger.warning("MedicalSAMAdapterTeacher: no sam_checkpoint given, the SAM trunk has random weights.")
+            self.warn_random_weights("the SAM trunk", argument="sam_checkpoint")
         if checkpoint is not None:
             self.load_official_checkpoint(
                 make_view(self.image_encoder, "image_encoder.", keep=_is_adapter_key, label="MSA adapters"),
@@ -152,7 +143,7 @@ class MedicalSAMAdapterTeacher(FrozenTeacher):
                 key_map=self._adapter_key_map,
             )
         else:
-            logger.warning("MedicalSAMAdapterTeacher: no adapter checkpoint given, the adapters have random weights.")
+            self.warn_random_weights("the adapters", argument="adapter checkpoint")
         self.freeze()
 
     def _base_key_map(self, key: str) -> str | None:

@@ -22,8 +22,16 @@ import torch
 from monai.networks.nets import ResNet
 from torch import nn
 
+from drd_components.networks.students.resnet import resnet_stage_modules
 from drd_components.teachers.base import FrozenTeacher
-from drd_components.teachers.checkpoint import extract_state_dict, load_checkpoint_file, load_state_dict_strict
+from drd_components.teachers.checkpoint import (
+    check_checkpoint_args,
+    extract_state_dict,
+    init_context,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    materialize_for_load,
+)
 from drd_components.teachers.preprocessing import TeacherPreprocessing
 
 __all__ = ["MerlinTeacher", "merlin_key_map", "MERLIN_URL", "MERLIN_IMAGE_PREFIX"]
@@ -160,8 +168,7 @@ class MerlinTeacher(FrozenTeacher):
         num_phenotypes: int = 1692,
     ) -> None:
         super().__init__()
-        if checkpoint is None and sha256:
-            raise ValueError("sha256 was given without a checkpoint file.")
+        check_checkpoint_args(checkpoint, sha256)
         size = (spatial_size,) * 3 if isinstance(spatial_size, int) else tuple(spatial_size)
         if len(size) != 3 or size[0] < 32 or size[1] < 32 or size[2] < 16:
             raise ValueError(f"spatial_size (H, W, D) must be at least (32, 32, 16), got {spatial_size}.")
@@ -172,33 +179,30 @@ class MerlinTeacher(FrozenTeacher):
             obj = load_checkpoint_file(checkpoint, sha256=sha256)
             state = extract_state_dict(obj, ("state_dict",), path=str(checkpoint))
             del obj
+        # with a file, every tensor comes from it (strict load), so the random initialisation of
+        # 122 M parameters is skipped: build on the meta device and allocate uninitialised storage.
+        with init_context(state is not None):
+            self.i3_resnet = _MerlinI3ResNet(keep_heads=keep_heads, num_phenotypes=num_phenotypes)
         if state is not None:
-            # every tensor comes from the file (strict load), so skip the random initialisation of
-            # 122 M parameters: build on the meta device and allocate uninitialised storage.
-            with torch.device("meta"):
-                net = _MerlinI3ResNet(keep_heads=keep_heads, num_phenotypes=num_phenotypes)
-            self.i3_resnet = net.to_empty(device="cpu")
-            for name, buf in self.i3_resnet.named_buffers():
-                if name.endswith("num_batches_tracked"):  # the only keys the file may lack
-                    buf.zero_()
+            materialize_for_load(self.i3_resnet)
             key_map = partial(merlin_key_map, keep_heads=keep_heads)
             load_state_dict_strict(self.i3_resnet, state, key_map=key_map, source=f"'{checkpoint}'")
             n_loaded = len(self.i3_resnet.state_dict())
             logger.info("MerlinTeacher: loaded %d of the %d tensors in %s", n_loaded, len(state), checkpoint)
         else:
-            self.i3_resnet = _MerlinI3ResNet(keep_heads=keep_heads, num_phenotypes=num_phenotypes)
-            logger.warning("MerlinTeacher: no checkpoint given, using RANDOM weights (tests / dry runs only).")
+            self.warn_random_weights()
+        # stem + layer1, layer2, layer3, layer4 (modules shared with ``i3_resnet``); a plain tuple,
+        # so they are not registered, and saved, a second time
+        self._stages = tuple(resnet_stage_modules(self.i3_resnet))
         self.freeze()
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``layer1`` .. ``layer4`` maps (``B x C x H' x W' x D'``) for a preprocessed ``B x 1 x H x W x D`` input."""
-        net = self.i3_resnet
         x = x.permute(0, 1, 4, 2, 3)  # B x C x H x W x D -> B x C x D x H x W (upstream's internal order)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1, -1)
-        x = net.maxpool(net.act(net.bn1(net.conv1(x))))
         outs = []
-        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-            x = layer(x)
+        for stage in self._stages:
+            x = stage(x)
             outs.append(x.permute(0, 1, 3, 4, 2))  # back to B x C x H x W x D
         return outs

@@ -12,7 +12,6 @@ file loads with strict key and shape matching and no renaming.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drd_components.teachers.base import FrozenTeacher
+from drd_components.teachers.checkpoint import check_checkpoint_args, numpy_scalar_safe_globals
 from drd_components.teachers.preprocessing import TeacherPreprocessing
 
 __all__ = [
@@ -31,10 +31,7 @@ __all__ = [
     "CLIP_STD",
     "PMC_CLIP_URL",
     "pmc_clip_key_map",
-    "numpy_scalar_globals",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: OpenAI CLIP normalisation statistics (RGB, on the [0, 1] scale), used by PMC-CLIP's transform.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -69,36 +66,6 @@ def pmc_clip_key_map(key: str) -> str | None:
     if key.startswith(_FULL_PREFIX):
         return None
     return key
-
-
-def numpy_scalar_globals() -> list:
-    """The restricted-unpickler allow-list for numpy scalars stored next to the tensors.
-
-    The full PMC-CLIP training checkpoint is reported to hold pickled numpy objects besides its
-    tensors. Numpy *scalars* (e.g. a metric saved as ``np.float64``) are rebuilt from
-    ``numpy.core.multiarray.scalar`` (numpy 1.x pickles) or ``numpy._core.multiarray.scalar``
-    (numpy 2.x) plus a ``numpy.dtype``; only those are allowed. Numpy arrays and any other
-    object still make the load fail. Returns an empty list when numpy is not installed.
-    """
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy ships with torch in practice
-        return []
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    allowed: list = [
-        (scalar, "numpy.core.multiarray.scalar"),
-        (scalar, "numpy._core.multiarray.scalar"),
-        np.dtype,
-    ]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):
-            if hasattr(dtypes, name):
-                allowed.append(getattr(dtypes, name))
-    return allowed
 
 
 class _AntiAliasBottleneck(nn.Module):
@@ -260,7 +227,8 @@ class PMCCLIPTeacher(FrozenTeacher):
     (``{"epoch", "name", "state_dict": {"module.visual.*", "module.text_encoder.*", ...},
     "optimizer", ...}``) is accepted as well: :func:`pmc_clip_key_map` keeps only the
     ``module.visual.*`` keys (prefix stripped) and drops every other ``module.*`` key. Numpy
-    scalars stored in that file are allowed through :func:`numpy_scalar_globals`; anything else
+    scalars stored in that file are allowed through
+    :func:`~drd_components.teachers.checkpoint.numpy_scalar_safe_globals`; anything else
     that is not a tensor or plain type makes the load fail (``weights_only=True``).
     ``num_batches_tracked`` counters may be absent.
 
@@ -309,8 +277,7 @@ class PMCCLIPTeacher(FrozenTeacher):
         heads: int = 32,
     ) -> None:
         super().__init__()
-        if checkpoint is None and sha256:
-            raise ValueError("sha256 was given without a checkpoint file.")
+        check_checkpoint_args(checkpoint, sha256)
         self.preprocessing = TeacherPreprocessing(
             spatial_dims=2, in_channels=3, spatial_size=spatial_size, mean=CLIP_MEAN, std=CLIP_STD, mode="bicubic"
         )
@@ -322,10 +289,10 @@ class PMCCLIPTeacher(FrozenTeacher):
                 sha256=sha256,
                 container_keys=("state_dict",),
                 key_map=pmc_clip_key_map,
-                allowed_globals=numpy_scalar_globals(),
+                allowed_globals=numpy_scalar_safe_globals(),
             )
         else:
-            logger.warning("PMCCLIPTeacher: no checkpoint given, using RANDOM weights (tests / dry runs only).")
+            self.warn_random_weights()
         self.freeze()
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -1,14 +1,41 @@
-"""Input adaptation from a bundle's image tensor to what a foundation model was trained on."""
+"""Input adaptation from a bundle's image tensor to what a foundation model was trained on.
+
+:class:`TeacherPreprocessing` does the fixed-statistics part (CT window, channels, resize,
+mean/std); :class:`SampleIntensityNorm` normalises each sample with its own statistics (z-score,
+min-max, percentile clipping); :func:`check_spatial_size` validates a model's input size.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TeacherPreprocessing"]
+__all__ = ["TeacherPreprocessing", "SampleIntensityNorm", "check_spatial_size"]
+
+
+def check_spatial_size(spatial_size: int | Sequence[int], multiple: int, dims: int, name: str) -> tuple[int, ...]:
+    """Validate a model input size.
+
+    Args:
+        spatial_size: an int (same size on every axis) or one size per axis.
+        multiple: every size must be a positive multiple of this.
+        dims: number of spatial axes.
+        name: model name for the error message.
+
+    Returns:
+        the size as a tuple.
+
+    Raises:
+        ValueError: wrong number of axes or a size that is not a positive multiple.
+    """
+    size = (int(spatial_size),) * dims if isinstance(spatial_size, int) else tuple(int(s) for s in spatial_size)
+    if len(size) != dims or any(s <= 0 or s % multiple for s in size):
+        raise ValueError(f"{name} spatial_size must be {dims} positive multiples of {multiple}, got {spatial_size}.")
+    return size
 
 
 class TeacherPreprocessing(nn.Module):
@@ -58,8 +85,8 @@ class TeacherPreprocessing(nn.Module):
         if spatial_size is not None and len(spatial_size) != spatial_dims:
             raise ValueError(f"spatial_size {spatial_size} does not have {spatial_dims} entries.")
         self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32, device="cpu").flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32, device="cpu").flatten()
         if (std_t <= 0).any():
             raise ValueError(f"std must be positive, got {std}.")
         for name, t in (("mean", mean_t), ("std", std_t)):
@@ -104,3 +131,95 @@ class TeacherPreprocessing(nn.Module):
         if self.spatial_size is not None and tuple(x.shape[2:]) != self.spatial_size:
             x = F.interpolate(x, size=self.spatial_size, mode=self.mode, align_corners=False)
         return (x - self.mean) / self.std
+
+
+def _percentile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Linear-interpolated percentile (numpy's default method) of a 1D tensor, for any length.
+
+    Args:
+        values: 1D tensor.
+        q: percentile in ``[0, 100]``.
+
+    Returns:
+        a 0-dim tensor (zero for an empty ``values``).
+    """
+    n = values.numel()
+    if n == 0:
+        return values.new_zeros(())
+    pos = q / 100.0 * (n - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    v_lo = torch.kthvalue(values, lo + 1).values
+    if hi == lo:
+        return v_lo
+    v_hi = torch.kthvalue(values, hi + 1).values
+    return v_lo + (v_hi - v_lo) * (pos - lo)
+
+
+class SampleIntensityNorm(nn.Module):
+    """Per-sample intensity clipping and normalisation (statistics of each image, not of a dataset).
+
+    Args:
+        mode: ``"zscore"`` (``(x - mean) / max(std, 1e-8)``, population std, as nnU-Net and SAT),
+            ``"minmax"`` (``(x - min) / max(max - min, 1e-8)``, as MedSAM) or ``"none"``.
+        percentiles: optional ``(low, high)`` percentiles (0-100) to clip each sample to first
+            (MR/PET in SAT and MedSAM).
+        nonzero: compute the percentiles on non-zero voxels only and keep zero voxels at zero
+            (MedSAM's MR/other-modality rule).
+        per_channel: compute statistics per channel (nnU-Net normalises each channel separately)
+            instead of over the whole sample.
+
+    Raises:
+        ValueError: for an unknown mode or invalid percentiles.
+    """
+
+    def __init__(
+        self,
+        mode: str = "zscore",
+        percentiles: tuple[float, float] | None = None,
+        nonzero: bool = False,
+        per_channel: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in ("zscore", "minmax", "none"):
+            raise ValueError(f"mode must be 'zscore', 'minmax' or 'none', got {mode!r}.")
+        if percentiles is not None and not (0.0 <= percentiles[0] < percentiles[1] <= 100.0):
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}.")
+        self.mode = mode
+        self.percentiles = percentiles
+        self.nonzero = nonzero
+        self.per_channel = per_channel
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode}, percentiles={self.percentiles}, nonzero={self.nonzero}, per_channel={self.per_channel}"
+        )
+
+    def _clip(self, x: torch.Tensor) -> torch.Tensor:
+        low_q, high_q = self.percentiles  # type: ignore[misc]
+        out = torch.empty_like(x)
+        for i in range(x.shape[0]):
+            flat = x[i].reshape(-1)
+            vals = flat[flat != 0] if self.nonzero else flat
+            if vals.numel() == 0:
+                out[i] = x[i]
+                continue
+            lo, hi = _percentile(vals, low_q), _percentile(vals, high_q)
+            clipped = x[i].clamp(lo, hi)
+            out[i] = torch.where(x[i] == 0, x[i], clipped) if self.nonzero else clipped
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` (``B x C x spatial``) sample by sample."""
+        x = x.float()
+        if self.percentiles is not None:
+            x = self._clip(x)
+        if self.mode == "none":
+            return x
+        dims = tuple(range(2, x.ndim)) if self.per_channel else tuple(range(1, x.ndim))
+        if self.mode == "zscore":
+            mean = x.mean(dim=dims, keepdim=True)
+            std = x.std(dim=dims, keepdim=True, unbiased=False)
+            return (x - mean) / std.clamp_min(1e-8)
+        low = x.amin(dim=dims, keepdim=True)
+        high = x.amax(dim=dims, keepdim=True)
+        return (x - low) / (high - low).clamp_min(1e-8)

@@ -13,7 +13,6 @@ MONAI's ``DenseNet121(...).features`` has the same graph; two renames map the fi
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Sequence
@@ -23,11 +22,10 @@ import torch.nn.functional as F
 from monai.networks.nets import DenseNet121
 
 from drd_components.teachers.base import FrozenTeacher
+from drd_components.teachers.checkpoint import check_checkpoint_args
 from drd_components.teachers.preprocessing import TeacherPreprocessing
 
 __all__ = ["RadImageNetDenseNet121Teacher", "radimagenet_key_map", "RADIMAGENET_NORMALIZATIONS"]
-
-logger = logging.getLogger(__name__)
 
 _PREFIX = "backbone.0."
 _DENSE_LAYER = re.compile(r"^(denseblock\d+\.denselayer\d+\.)((?:norm|conv)[12]\..*)$")
@@ -134,8 +132,7 @@ class RadImageNetDenseNet121Teacher(FrozenTeacher):
             raise ValueError(
                 f"normalization must be one of {sorted(RADIMAGENET_NORMALIZATIONS)}, got {normalization!r}."
             )
-        if checkpoint is None and sha256:
-            raise ValueError("sha256 was given without a checkpoint file.")
+        check_checkpoint_args(checkpoint, sha256)
         mean, std = RADIMAGENET_NORMALIZATIONS[normalization]
         self.normalization = normalization
         self.preprocessing = _BGRPreprocessing(
@@ -147,9 +144,7 @@ class RadImageNetDenseNet121Teacher(FrozenTeacher):
                 self.features, checkpoint, sha256=sha256, container_keys=("state_dict",), key_map=radimagenet_key_map
             )
         else:
-            logger.warning(
-                "RadImageNetDenseNet121Teacher: no checkpoint given, using RANDOM weights (tests / dry runs only)."
-            )
+            self.warn_random_weights()
         self.freeze()
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -18,33 +18,21 @@ Inputs other than 1024x1024 (any multiple of 16) are supported as in MSA: the ab
 embedding is resized bicubically to the token grid, and relative position tables whose length does
 not match the attention grid are resized linearly (as SAM's own ``get_rel_pos`` does). At 1024x1024
 nothing is resized and the encoder computes exactly what upstream computes.
-
-This module also holds a few small helpers shared by the MedSAM, MSA, Swin-UMamba and SAT
-teachers (:class:`StateDictView`, :func:`init_context`, :class:`SampleIntensityNorm`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from drd_components.teachers.base import FrozenTeacher
-from drd_components.teachers.preprocessing import TeacherPreprocessing
+from drd_components.teachers.checkpoint import init_context, make_view, materialize_for_load, strip_module_prefix
+from drd_components.teachers.preprocessing import SampleIntensityNorm, TeacherPreprocessing, check_spatial_size
 
 __all__ = [
-    "StateDictView",
-    "make_view",
-    "init_context",
-    "check_spatial_size",
-    "strip_module_prefix",
-    "SampleIntensityNorm",
     "LayerNorm2d",
     "BottleneckAdapter",
     "RelPosAttention",
@@ -54,167 +42,8 @@ __all__ = [
     "SAM_GLOBAL_ATTN_INDEXES",
 ]
 
-logger = logging.getLogger(__name__)
-
 #: blocks of SAM ViT-B that use global attention (all others use 14x14 windows).
 SAM_GLOBAL_ATTN_INDEXES: tuple[int, ...] = (2, 5, 8, 11)
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers shared by the ViT / Mamba / SAT teachers
-# ------------------------------------------------------------------------------------------------
-
-
-class StateDictView(nn.Module):
-    """A part of a module's state dict exposed under the official key names, for strict loading.
-
-    :func:`~drd_components.teachers.checkpoint.load_state_dict_strict` compares a file with
-    ``module.state_dict()``. This view lets a teacher compare a file with only the tensors that file
-    should hold (e.g. only the adapters of an MSA zoo file) and with the file's own key prefix (e.g.
-    ``module.backbone.encoder.``), so that error messages name the official keys. Loading writes into
-    the viewed module's own tensors. The view does not register the module as a child.
-
-    Args:
-        module: the module whose tensors are loaded.
-        prefix: prepended to the module's keys (the official file's prefix).
-        keep: optional predicate on the prefixed key; keys for which it is false are not part of
-            the view (neither expected nor loaded).
-        label: name used in error messages (defaults to the module's class name).
-    """
-
-    def __init__(
-        self,
-        module: nn.Module,
-        prefix: str = "",
-        keep: Callable[[str], bool] | None = None,
-        label: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.__dict__["_target"] = module  # plain attribute: not a registered child
-        self._prefix = prefix
-        self._keep = keep
-        self._label = label or type(module).__name__
-
-    def __repr__(self) -> str:
-        return f"StateDictView({self._label}, prefix={self._prefix!r})"
-
-    def state_dict(self, *args, **kwargs) -> OrderedDict:  # type: ignore[override]
-        """The viewed module's tensors under their prefixed names, filtered by ``keep``."""
-        out: OrderedDict = OrderedDict()
-        for key, value in self._target.state_dict().items():
-            full = self._prefix + key
-            if self._keep is None or self._keep(full):
-                out[full] = value
-        return out
-
-    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):  # type: ignore[override]
-        """Copy ``state_dict`` (prefixed names) into the viewed module (checked by the caller)."""
-        n = len(self._prefix)
-        stripped = {k[n:]: v for k, v in state_dict.items() if k.startswith(self._prefix)}
-        return self._target.load_state_dict(stripped, strict=False)
-
-
-def make_view(
-    module: nn.Module, prefix: str = "", keep: Callable[[str], bool] | None = None, label: str | None = None
-) -> StateDictView:
-    """A :class:`StateDictView` whose class name is ``label`` (it appears in CheckpointError messages)."""
-    label = label or type(module).__name__
-    cls = type(label, (StateDictView,), {})
-    return cls(module, prefix=prefix, keep=keep, label=label)
-
-
-def init_context(skip_init: bool):
-    """Context for building a module whose every tensor is about to be loaded from a file.
-
-    With ``skip_init`` the modules are created on the ``meta`` device (no memory, no random init);
-    the caller must then call ``module.to_empty(device="cpu")`` and load every tensor. Without it,
-    ordinary initialisation runs.
-    """
-    return torch.device("meta") if skip_init else contextlib.nullcontext()
-
-
-def _percentile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Linear-interpolated percentile (numpy's default method) of a 1D tensor, for any length."""
-    n = values.numel()
-    if n == 0:
-        return values.new_zeros(())
-    pos = q / 100.0 * (n - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    v_lo = torch.kthvalue(values, lo + 1).values
-    if hi == lo:
-        return v_lo
-    v_hi = torch.kthvalue(values, hi + 1).values
-    return v_lo + (v_hi - v_lo) * (pos - lo)
-
-
-class SampleIntensityNorm(nn.Module):
-    """Per-sample intensity clipping and normalisation (statistics of each image, not of a dataset).
-
-    Args:
-        mode: ``"zscore"`` (``(x - mean) / max(std, 1e-8)``, population std, as nnU-Net and SAT),
-            ``"minmax"`` (``(x - min) / max(max - min, 1e-8)``, as MedSAM) or ``"none"``.
-        percentiles: optional ``(low, high)`` percentiles (0-100) to clip each sample to first
-            (MR/PET in SAT and MedSAM).
-        nonzero: compute the percentiles on non-zero voxels only and keep zero voxels at zero
-            (MedSAM's MR/other-modality rule).
-        per_channel: compute statistics per channel (nnU-Net normalises each channel separately)
-            instead of over the whole sample.
-
-    Raises:
-        ValueError: for an unknown mode or invalid percentiles.
-    """
-
-    def __init__(
-        self,
-        mode: str = "zscore",
-        percentiles: tuple[float, float] | None = None,
-        nonzero: bool = False,
-        per_channel: bool = False,
-    ) -> None:
-        super().__init__()
-        if mode not in ("zscore", "minmax", "none"):
-            raise ValueError(f"mode must be 'zscore', 'minmax' or 'none', got {mode!r}.")
-        if percentiles is not None and not (0.0 <= percentiles[0] < percentiles[1] <= 100.0):
-            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}.")
-        self.mode = mode
-        self.percentiles = percentiles
-        self.nonzero = nonzero
-        self.per_channel = per_channel
-
-    def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode}, percentiles={self.percentiles}, nonzero={self.nonzero}, per_channel={self.per_channel}"
-        )
-
-    def _clip(self, x: torch.Tensor) -> torch.Tensor:
-        low_q, high_q = self.percentiles  # type: ignore[misc]
-        out = torch.empty_like(x)
-        for i in range(x.shape[0]):
-            flat = x[i].reshape(-1)
-            vals = flat[flat != 0] if self.nonzero else flat
-            if vals.numel() == 0:
-                out[i] = x[i]
-                continue
-            lo, hi = _percentile(vals, low_q), _percentile(vals, high_q)
-            clipped = x[i].clamp(lo, hi)
-            out[i] = torch.where(x[i] == 0, x[i], clipped) if self.nonzero else clipped
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x`` (``B x C x spatial``) sample by sample."""
-        x = x.float()
-        if self.percentiles is not None:
-            x = self._clip(x)
-        if self.mode == "none":
-            return x
-        dims = tuple(range(2, x.ndim)) if self.per_channel else tuple(range(1, x.ndim))
-        if self.mode == "zscore":
-            mean = x.mean(dim=dims, keepdim=True)
-            std = x.std(dim=dims, keepdim=True, unbiased=False)
-            return (x - mean) / std.clamp_min(1e-8)
-        low = x.amin(dim=dims, keepdim=True)
-        high = x.amax(dim=dims, keepdim=True)
-        return (x - low) / (high - low).clamp_min(1e-8)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -518,32 +347,6 @@ class SamViTEncoder(nn.Module):
         return self.forward_taps(x, ())[-1]
 
 
-def check_spatial_size(spatial_size: int | Sequence[int], multiple: int, dims: int, name: str) -> tuple[int, ...]:
-    """Validate a model input size.
-
-    Args:
-        spatial_size: an int (same size on every axis) or one size per axis.
-        multiple: every size must be a positive multiple of this.
-        dims: number of spatial axes.
-        name: model name for the error message.
-
-    Returns:
-        the size as a tuple.
-
-    Raises:
-        ValueError: wrong number of axes or a size that is not a positive multiple.
-    """
-    size = (int(spatial_size),) * dims if isinstance(spatial_size, int) else tuple(int(s) for s in spatial_size)
-    if len(size) != dims or any(s <= 0 or s % multiple for s in size):
-        raise ValueError(f"{name} spatial_size must be {dims} positive multiples of {multiple}, got {spatial_size}.")
-    return size
-
-
-def strip_module_prefix(key: str) -> str:
-    """Remove a leading ``module.`` (DataParallel/DDP wrapper) from a key."""
-    return key[len("module.") :] if key.startswith("module.") else key
-
-
 # ------------------------------------------------------------------------------------------------
 # MedSAM
 # ------------------------------------------------------------------------------------------------
@@ -616,7 +419,7 @@ class MedSAMTeacher(FrozenTeacher):
         with init_context(checkpoint is not None):
             self.image_encoder = SamViTEncoder()
         if checkpoint is not None:
-            self.image_encoder.to_empty(device="cpu")
+            materialize_for_load(self.image_encoder)
             self.load_official_checkpoint(
                 make_view(self.image_encoder, "image_encoder.", label="MedSAM image_encoder"),
                 checkpoint,
@@ -624,7 +427,7 @@ class MedSAMTeacher(FrozenTeacher):
                 key_map=self._key_map,
             )
         else:
-            logger.warning("MedSAMTeacher: no checkpoint given, the image encoder has random weights.")
+            self.warn_random_weights("the image encoder")
         self.freeze()
 
     @staticmethod

@@ -18,12 +18,14 @@ from drd_components.teachers.base import FrozenTeacher
 from drd_components.teachers.checkpoint import (
     CheckpointError,
     extract_state_dict,
+    init_context,
     load_checkpoint_file,
     load_state_dict_strict,
+    make_view,
+    materialize_for_load,
+    numpy_scalar_safe_globals,
 )
-from drd_components.teachers.preprocessing import TeacherPreprocessing
-from drd_components.teachers.sam_vit import SampleIntensityNorm, check_spatial_size, init_context, make_view
-from drd_components.teachers.swin_umamba import numpy_scalar_safe_globals
+from drd_components.teachers.preprocessing import SampleIntensityNorm, TeacherPreprocessing, check_spatial_size
 
 __all__ = ["SAT_VARIANTS", "SATConvBlock", "SATEncoder", "SATTeacher"]
 
@@ -149,7 +151,7 @@ class SATTeacher(FrozenTeacher):
     ``Others/UNET-Ours/SAT_Nano_UNET.pth``), a dict ``{"step", "model_state_dict",
     "optimizer_state_dict"}``, is read with ``weights_only=True`` and an allow-list of
     exactly the numpy scalar globals of its optimizer's learning rates
-    (:func:`~drd_components.teachers.swin_umamba.numpy_scalar_safe_globals`). From
+    (:func:`~drd_components.teachers.checkpoint.numpy_scalar_safe_globals`). From
     ``model_state_dict`` (every key ``module.``-prefixed, DDP) all ``module.backbone.encoder.*`` keys
     are required with exact names and shapes (Nano 96 names = 48 tensors, Pro 144 names = 72
     tensors; each conv/norm appears under two aliased names, which must agree). The pixel decoder
@@ -242,10 +244,10 @@ class SATTeacher(FrozenTeacher):
         with init_context(checkpoint is not None):
             self.encoder = SATEncoder(3, cfg["features"], cfg["convs_per_stage"])
         if checkpoint is not None:
-            self.encoder.to_empty(device="cpu")
+            materialize_for_load(self.encoder)
             self._load(checkpoint, sha256)
         else:
-            logger.warning("SATTeacher: no checkpoint given, the %s encoder has random weights.", variant)
+            self.warn_random_weights(f"the {variant} encoder")
         self.freeze()
 
     def _load(self, path: str, sha256: str | None) -> None:

@@ -7,7 +7,6 @@ everything downstream of a teacher can be exercised where no foundation-model we
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 
@@ -19,8 +18,6 @@ from drd_components.teachers.base import FrozenTeacher
 from drd_components.teachers.preprocessing import TeacherPreprocessing
 
 __all__ = ["ResNetStandInTeacher"]
-
-logger = logging.getLogger(__name__)
 
 
 class ResNetStandInTeacher(FrozenTeacher):
@@ -75,14 +72,15 @@ class ResNetStandInTeacher(FrozenTeacher):
             feed_forward=False,
             bias_downsample=False,
         )
-        self.stages = resnet_stage_modules(self.net)
+        # a plain tuple: the modules are registered once, under ``net``
+        self.stages = tuple(resnet_stage_modules(self.net))
         self.preprocessing = TeacherPreprocessing(spatial_dims, in_channels, spatial_size, mean, std)
         if checkpoint:
             self.load_official_checkpoint(
                 self.net, checkpoint, sha256, key_map=lambda k: None if k.startswith("fc.") else k
             )
         else:
-            logger.warning("ResNetStandInTeacher has random weights (no checkpoint given).")
+            self.warn_random_weights()
         self.freeze()
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:

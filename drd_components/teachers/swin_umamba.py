@@ -18,7 +18,6 @@ which is ``mamba_ssm.ops.selective_scan_interface.selective_scan_ref`` with ``z 
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Sequence
@@ -28,11 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from drd_components.teachers.base import FrozenTeacher
-from drd_components.teachers.preprocessing import TeacherPreprocessing
-from drd_components.teachers.sam_vit import SampleIntensityNorm, check_spatial_size, init_context, make_view
+from drd_components.teachers.checkpoint import init_context, make_view, materialize_for_load, numpy_scalar_safe_globals
+from drd_components.teachers.preprocessing import SampleIntensityNorm, TeacherPreprocessing, check_spatial_size
 
 __all__ = [
-    "numpy_scalar_safe_globals",
     "selective_scan",
     "selective_scan_reference",
     "SS2D",
@@ -40,34 +38,6 @@ __all__ = [
     "VSSMEncoder",
     "SwinUMambaTeacher",
 ]
-
-logger = logging.getLogger(__name__)
-
-
-def numpy_scalar_safe_globals() -> list:
-    """The allow-list needed to unpickle numpy scalars (``np.float64``) with ``weights_only=True``.
-
-    nnU-Net's ``logging`` lists and SAT's optimizer learning rates are numpy float64 scalars. They
-    pickle as ``numpy.core.multiarray.scalar`` (numpy 1.x, which wrote the released files) or
-    ``numpy._core.multiarray.scalar`` (numpy 2.x) applied to a ``numpy.dtype`` whose state is set on
-    a ``Float64DType`` instance (numpy 2.x); the raw bytes come through ``_codecs.encode``, which
-    ``torch.load`` already allows. Nothing else (no arrays, no arbitrary classes) is allowed.
-
-    Returns:
-        entries for ``torch.serialization.safe_globals``.
-    """
-    import numpy as np
-
-    core = getattr(np, "_core", None)
-    if core is None or not hasattr(core, "multiarray"):  # numpy 1.x
-        core = np.core
-    scalar = core.multiarray.scalar
-    return [
-        (scalar, "numpy.core.multiarray.scalar"),
-        (scalar, "numpy._core.multiarray.scalar"),
-        np.dtype,
-        type(np.dtype(np.float64)),
-    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,7 +380,8 @@ class SwinUMambaTeacher(FrozenTeacher):
     (or ``checkpoint_99.pth`` ...): an nnU-Net dict ``{"network_weights", "optimizer_state",
     "grad_scaler_state", "logging", "_best_ema", "current_epoch", "init_args", "trainer_name",
     "inference_allowed_mirroring_axes"}``, read with ``weights_only=True`` and an allow-list of
-    exactly the numpy scalar globals its ``logging`` needs (:func:`numpy_scalar_safe_globals`).
+    exactly the numpy scalar globals its ``logging`` needs
+    (:func:`~drd_components.teachers.checkpoint.numpy_scalar_safe_globals`).
     From ``network_weights`` (no prefix) the 212 ``stem.*`` and ``vssm_encoder.*`` tensors are
     required with exact names and shapes; the UNETR skip refiners ``encoder1..5``, the decoder
     ``decoder1..6`` and the heads ``out_layers`` are dropped on purpose. Any other key is an error.
@@ -479,8 +450,8 @@ class SwinUMambaTeacher(FrozenTeacher):
             )
             self.vssm_encoder = VSSMEncoder(in_chans=48, patch_size=2, scan=scan, chunk_size=scan_chunk)
         if checkpoint is not None:
-            self.stem.to_empty(device="cpu")
-            self.vssm_encoder.to_empty(device="cpu")
+            materialize_for_load(self.stem)
+            materialize_for_load(self.vssm_encoder)
             self.load_official_checkpoint(
                 make_view(self, keep=lambda k: k.startswith(("stem.", "vssm_encoder.")), label="Swin-UMamba encoder"),
                 checkpoint,
@@ -490,7 +461,7 @@ class SwinUMambaTeacher(FrozenTeacher):
                 allowed_globals=numpy_scalar_safe_globals(),
             )
         else:
-            logger.warning("SwinUMambaTeacher: no checkpoint given, the encoder has random weights.")
+            self.warn_random_weights("the encoder")
         self.freeze()
 
     @staticmethod

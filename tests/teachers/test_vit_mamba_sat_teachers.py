@@ -27,16 +27,17 @@ import numpy as np
 import pytest
 import torch
 
-from drd_components.teachers.checkpoint import CheckpointError, load_checkpoint_file, sha256sum
-from drd_components.teachers.medical_sam_adapter import MedicalSAMAdapterTeacher
-from drd_components.teachers.sam_vit import MedSAMTeacher, SampleIntensityNorm
-from drd_components.teachers.sat import SAT_VARIANTS, SATTeacher, check_aliases
-from drd_components.teachers.swin_umamba import (
-    SwinUMambaTeacher,
+from drd_components.teachers.checkpoint import (
+    CheckpointError,
+    load_checkpoint_file,
     numpy_scalar_safe_globals,
-    selective_scan,
-    selective_scan_reference,
+    sha256sum,
 )
+from drd_components.teachers.medical_sam_adapter import MedicalSAMAdapterTeacher
+from drd_components.teachers.preprocessing import SampleIntensityNorm
+from drd_components.teachers.sam_vit import MedSAMTeacher
+from drd_components.teachers.sat import SAT_VARIANTS, SATTeacher, check_aliases
+from drd_components.teachers.swin_umamba import SwinUMambaTeacher, selective_scan, selective_scan_reference
 from tests.teachers.manifest_checkpoint import load_manifest, manifest_state_dict
 
 # ------------------------------------------------------------------------------------------------
