@@ -149,3 +149,44 @@ def test_missing_dataset_dir_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no BUSI images"):
         busi_classification_datalist(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "overlay,expect,absent",
+    [
+        ("train_vanilla.json", "train_accuracy", "loss_cka"),  # plain SupervisedTrainer, no teacher
+        ("train_rd.json", "cka_stage3", "cka_stage0"),  # RD: one projector at the last stage
+    ],
+)
+def test_baseline_overlays_train(trained, tmp_path, overlay, expect, absent):
+    common = dict(trained["common"], output_dir=str(tmp_path / "out"))
+    proc = run_bundle(
+        BUNDLE,
+        ["train.json", "teacher_standin.json", overlay],
+        dict(common, teacher_checkpoint=str(trained["teacher"]), num_epochs=1, batch_size=4),
+        run_id="training",
+    )
+    log = proc.stdout + proc.stderr
+    assert expect in log and absent not in log
+    assert (tmp_path / "out" / "model.pt").is_file()
+
+
+def test_multi_gpu_config_trains_with_two_cpu_processes(trained, tmp_path):
+    """torchrun with 2 processes (gloo on CPU): one loadable student checkpoint, written by rank 0."""
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    files = "['configs/train.json','configs/teacher_standin.json','configs/multi_gpu_train.json']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "monai.bundle", "run", "training", "--config_file", files, "--bundle_root", str(ROOT),
+           "--dataset_dir", str(trained["data"]), "--output_dir", str(out), "--image_size", "[48, 48]",
+           "--num_workers", "0", "--num_epochs", "1", "--batch_size", "4",
+           "--teacher_checkpoint", str(trained["teacher"])]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    checkpoints = sorted(p.name for p in out.glob("*.pt"))
+    assert checkpoints == ["model.pt", "resume_checkpoint_epoch=1.pt"]
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # saved without the DDP wrapper

@@ -4,14 +4,11 @@ There is no real copy of MSD Task04 in this workspace; the generated task has MS
 folder layout and realistic (flipped, shifted, partly oblique) affines.
 """
 
-import subprocess
-import sys
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigWorkflow, ckpt_export
 
 from drd_components.bundle import validate_metadata
 from drd_components.data.msd import write_synthetic_msd_hippocampus
@@ -22,6 +19,16 @@ ROOT = BUNDLES / BUNDLE
 #: a 3-level UNet on 16^3 patches keeps the smoke runs small
 NET = {"unet_channels": [8, 16, 16], "patch_size": [16, 16, 16], "num_workers": 0, "sw_batch_size": 2}
 TEACHER = {"teacher_def#block_inplanes": [8, 8, 16, 16]}
+
+
+def run_in_process(configs, **overrides):
+    """Run a bundle workflow the way ``python -m monai.bundle run`` does, in this process (saves the
+    interpreter start-up of a subprocess; training itself is tested through the CLI)."""
+    wf = ConfigWorkflow(config_file=[str(ROOT / "configs" / c) for c in configs], meta_file=str(ROOT / "configs/metadata.json"),
+                        logging_file=False, workflow_type=None, bundle_root=str(ROOT), **overrides)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +44,8 @@ def trained(tmp_path_factory):
         dict(common, **TEACHER, teacher_checkpoint=str(teacher), num_epochs=1, val_interval=1, batch_size=2, samples_per_volume=1),
         run_id="training",
     )
-    evaluate = run_bundle(BUNDLE, ["train.json", "evaluate.json"], common)
-    return {"tmp": tmp, "data": data, "teacher": teacher, "common": common, "train_log": train.stdout + train.stderr,
-            "eval_log": evaluate.stdout + evaluate.stderr}
+    run_in_process(["train.json", "evaluate.json"], **common)
+    return {"tmp": tmp, "data": data, "teacher": teacher, "common": common, "train_log": train.stdout + train.stderr}
 
 
 def test_training_logs_drd_terms_and_per_structure_metrics(trained):
@@ -65,8 +71,8 @@ def test_evaluation_reports_dice_per_structure_and_hd95(trained):
 
 def test_inference_writes_nifti_with_the_inputs_affine_and_shape(trained):
     out = trained["tmp"] / "pred"
-    run_bundle(BUNDLE, ["inference.json"], dict(NET, dataset_dir=str(trained["data"] / "imagesTs"), output_dir=str(out),
-                                                ckpt_path=str(trained["tmp"] / "out" / "model.pt")))
+    run_in_process(["inference.json"], **NET, dataset_dir=str(trained["data"] / "imagesTs"), output_dir=str(out),
+                   ckpt_path=str(trained["tmp"] / "out" / "model.pt"))
     written = sorted(out.glob("*_seg.nii.gz"))
     assert len(written) == 2
     oblique = 0
@@ -82,11 +88,9 @@ def test_inference_writes_nifti_with_the_inputs_affine_and_shape(trained):
 
 def test_torchscript_export_matches_eager(trained, tmp_path):
     ts = tmp_path / "model.ts"
-    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
-           "--ckpt_file", str(trained["tmp"] / "out" / "model.pt"), "--meta_file", "configs/metadata.json",
-           "--config_file", "configs/inference.json", "--bundle_root", str(ROOT), "--unet_channels", "[8,16,16]"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt_export("network_def", filepath=str(ts), ckpt_file=str(trained["tmp"] / "out" / "model.pt"),
+                meta_file=str(ROOT / "configs/metadata.json"), config_file=str(ROOT / "configs/inference.json"),
+                bundle_root=str(ROOT), unet_channels=[8, 16, 16])
     scripted = torch.jit.load(str(ts))
     wf = ConfigWorkflow(config_file=str(ROOT / "configs/inference.json"), workflow_type="infer", bundle_root=str(ROOT),
                         device="$torch.device('cpu')", unet_channels=[8, 16, 16])

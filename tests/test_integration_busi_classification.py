@@ -33,7 +33,7 @@ def test_drd_beats_majority_class_on_real_busi(busi_dir, tmp_path):
         "busi_ultrasound_classification",
         ["train.json", "teacher_standin.json"],
         {"dataset_dir": str(busi_dir), "output_dir": str(out), "teacher_checkpoint": str(teacher),
-         "image_size": [96, 96], "num_epochs": 6, "batch_size": 16, "num_workers": 0},
+         "image_size": [64, 64], "num_epochs": 6, "batch_size": 16, "num_workers": 0},
         run_id="training",
     )
     log = proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +99,17 @@ def msd_datalist(
     return parts
 
 
-def nifti_folder_datalist(input_dir: str | os.PathLike, recursive: bool = False) -> list[dict]:
-    """``[{"image": path}, ...]`` for every ``.nii``/``.nii.gz`` file in ``input_dir`` (sorted),
-    skipping macOS resource forks (``._*``) and ground-truth files (``*_gt.nii*``).
+def nifti_folder_datalist(
+    input_dir: str | os.PathLike, recursive: bool = False, exclude_suffixes: Sequence[str] = ("_gt",)
+) -> list[dict]:
+    """``[{"image": path}, ...]`` for every ``.nii``/``.nii.gz`` file in ``input_dir`` (sorted), skipping
+    macOS resource forks (``._*``) and files whose name (without extension) ends with one of
+    ``exclude_suffixes`` (ground truth ``*_gt``; ACDC's 4D cine ``*_4d``).
+
+    Args:
+        input_dir: folder to scan.
+        recursive: also scan sub-folders (e.g. ACDC's ``patientXXX/`` folders).
+        exclude_suffixes: name endings to skip.
 
     Raises:
         FileNotFoundError: when the folder does not exist or holds no NIfTI file.
@@ -109,13 +118,14 @@ def nifti_folder_datalist(input_dir: str | os.PathLike, recursive: bool = False)
     if not root.is_dir():
         raise FileNotFoundError(f"input_dir '{root}' does not exist or is not a folder.")
     pattern = "**/*" if recursive else "*"
+    suffixes = tuple(exclude_suffixes)
     files = sorted(
         p
         for p in root.glob(pattern)
         if p.is_file()
         and (p.name.endswith(".nii.gz") or p.name.endswith(".nii"))
         and not p.name.startswith("._")
-        and not p.name.split(".nii")[0].endswith("_gt")
+        and not (suffixes and p.name.split(".nii")[0].endswith(suffixes))
     )
     if not files:
         raise FileNotFoundError(f"no NIfTI files (.nii, .nii.gz) found in input_dir '{root}'.")
