@@ -239,3 +239,28 @@ def test_kl_mask_ignores_padding():
     mask[..., :2] = 0
     assert softened_kl(t, z, mask=mask) == pytest.approx(0.0, abs=1e-6)
     assert softened_kl(t, z) > 0
+
+
+def test_shufflenet_unet_scripts_and_matches_eager():
+    """The 3D UNet and the ViT segmenter are exported by their bundles' tests; this covers the third student."""
+    torch.manual_seed(0)
+    net = STUDENTS[3][1]().eval()
+    x = torch.randn(1, 1, 32, 64)
+    scripted = torch.jit.script(net)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_checkpointed_hybrid_recomputation_leaves_batchnorm_statistics_alone():
+    torch.manual_seed(0)
+    net = StagedViTSegmenter(1, 2, img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, decoder_channels=16,
+                             checkpoint_hybrid=True).train()
+    x = torch.randn(2, 1, 32, 32)
+    feats = net.forward_stages(x)
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+    assert before
+    r = torch.randn_like(feats[1], requires_grad=True) * 5
+    net.forward_from(1, r, [f.detach() for f in feats]).square().mean().backward()  # forward + recomputation
+    for k, v in net.state_dict().items():
+        if k in before:
+            assert torch.equal(v, before[k]), f"{k} changed"

@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import List
 
 import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from drd_components.networks.students.base import StagedNetwork
 
 __all__ = ["StagedSegmentationNetwork"]
+
+
+@contextmanager
+def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers keep normalising with batch statistics but do not update their running
+    estimates (momentum 0, batch counter restored): hybrid paths carry teacher-derived features."""
+    saved = []
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and m.track_running_stats:
+            counter = m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None
+            saved.append((m, m.momentum, counter))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, counter in saved:
+            m.momentum = momentum
+            if counter is not None:
+                m.num_batches_tracked.copy_(counter)
 
 
 class StagedSegmentationNetwork(StagedNetwork):
@@ -25,7 +48,8 @@ class StagedSegmentationNetwork(StagedNetwork):
     ``checkpoint_hybrid=True`` each hybrid path is recomputed during the backward pass instead
     (``torch.utils.checkpoint``, non-reentrant), so only one hybrid graph is alive at a time; the
     result and the gradients are unchanged (dropout draws are replayed). Use it for large 3D
-    patches; it costs one extra forward of each hybrid path.
+    patches; it costs one extra forward of each hybrid path. Like the trainer does for the hybrid
+    forward, the recomputation leaves BatchNorm running statistics untouched.
 
     Subclasses set ``self.stages``, ``self.spatial_dims``, ``self.out_channels``,
     ``self.checkpoint_hybrid`` and implement :meth:`forward_head`.
@@ -35,7 +59,10 @@ class StagedSegmentationNetwork(StagedNetwork):
 
     @torch.jit.unused
     def _hybrid_tail(self, index: int, feature: torch.Tensor, *skips: torch.Tensor) -> torch.Tensor:
-        return StagedNetwork.forward_from(self, index, feature, list(skips))
+        # runs in the forward pass and again, outside the trainer's own guard, when the backward
+        # pass recomputes it: keep BatchNorm running statistics out of both
+        with _running_stats_frozen(self):
+            return StagedNetwork.forward_from(self, index, feature, list(skips))
 
     @torch.jit.unused
     def forward_from(self, index: int, feature: torch.Tensor, features: List[torch.Tensor]) -> torch.Tensor:
