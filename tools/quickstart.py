@@ -230,7 +230,7 @@ def main(
     print()
     print(f"Results on the held-out test split ({label}; seed {seed}, {epochs} epochs, {image_size}px):")
     print()
-    print("| student (ResNet18) | test accuracy | test macro-F1 | median epoch time (s) |")
+    print("| student (ResNet18) | test accuracy | test F1 (MONAI ConfusionMatrix, mean reduction) | median epoch time (s) |")
     print("|---|---|---|---|")
     for name, r in (("DRD", d), ("vanilla", v)):
         print(f"| {name} | {r['test_accuracy']:.4f} | {r['test_f1']:.4f} | {r['epoch_seconds_median']:.2f} |")
