@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -14,42 +13,16 @@ from monai.engines.workflow import Workflow
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from drd_components.losses.drd_loss import DRDLoss, LinearSchedule
+from drd_components.networks.batchnorm import running_stats_frozen
 from drd_components.networks.reprogramming import ReprogrammingModule
 
 __all__ = ["DRDTrainer", "LOSS_TERM_KEYS", "running_stats_frozen"]
 
 #: keys of the weighted loss terms placed in ``engine.state.output``; they add up to ``loss``.
 LOSS_TERM_KEYS = ("loss_task", "loss_hybrid", "loss_kl", "loss_cka")
-
-
-@contextmanager
-def running_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """Keep the running statistics of every BatchNorm layer in ``module`` unchanged.
-
-    Inside the context, BatchNorm layers in training mode still normalise with the batch's own
-    statistics (so gradients are those of a normal training pass), but their running mean and
-    variance are not updated (momentum 0). DRD uses this for the hybrid paths: their inputs are
-    reprogrammed teacher features, whose statistics differ from the student's own, and folding
-    them into the running estimates would make the deployed (eval-mode) student normalise with
-    the wrong statistics.
-    """
-    saved = []
-    for m in module.modules():
-        if isinstance(m, _BatchNorm) and m.track_running_stats:
-            counter = m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None
-            saved.append((m, m.momentum, counter))
-            m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, counter in saved:
-            m.momentum = momentum
-            if counter is not None:
-                m.num_batches_tracked.copy_(counter)
 
 
 class DRDTrainer(SupervisedTrainer):

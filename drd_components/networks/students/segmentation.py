@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import List
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from drd_components.networks.batchnorm import running_stats_frozen
 from drd_components.networks.students.base import StagedNetwork
 
 __all__ = ["StagedSegmentationNetwork"]
-
-
-@contextmanager
-def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """BatchNorm layers keep normalising with batch statistics but do not update their running
-    estimates (momentum 0, batch counter restored): hybrid paths carry teacher-derived features."""
-    saved = []
-    for m in module.modules():
-        if isinstance(m, _BatchNorm) and m.track_running_stats:
-            counter = m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None
-            saved.append((m, m.momentum, counter))
-            m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, counter in saved:
-            m.momentum = momentum
-            if counter is not None:
-                m.num_batches_tracked.copy_(counter)
 
 
 class StagedSegmentationNetwork(StagedNetwork):
@@ -61,7 +40,7 @@ class StagedSegmentationNetwork(StagedNetwork):
     def _hybrid_tail(self, index: int, feature: torch.Tensor, *skips: torch.Tensor) -> torch.Tensor:
         # runs in the forward pass and again, outside the trainer's own guard, when the backward
         # pass recomputes it: keep BatchNorm running statistics out of both
-        with _running_stats_frozen(self):
+        with running_stats_frozen(self):
             return StagedNetwork.forward_from(self, index, feature, list(skips))
 
     @torch.jit.unused
