@@ -398,7 +398,7 @@ def memory_unet96(threads: int = 1, size: int = 96, batch: int = 2, warmup: bool
     return out
 
 
-def all(data_root: str | None = None, output_dir: str = "bench_segmentation", threads: int = 1) -> dict:  # noqa: A001
+def run_all(data_root: str | None = None, output_dir: str = "bench_segmentation", threads: int = 1) -> dict:
     """Every measurement above; writes ``<output_dir>/results.json``."""
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -412,5 +412,5 @@ def all(data_root: str | None = None, output_dir: str = "bench_segmentation", th
 
 if __name__ == "__main__":
     fire.Fire(
-        {"dice": dice, "memory": memory, "memory_unet96": memory_unet96, "all": all, "_step": _step, "_step_unet96": _step_unet96}
+        {"dice": dice, "memory": memory, "memory_unet96": memory_unet96, "all": run_all, "_step": _step, "_step_unet96": _step_unet96}
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import List
 
 import torch
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from drd_components.networks.batchnorm import running_stats_frozen
