@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drd_components.data.datalist_io import write_datalist
 from drd_components.data.splits import stratified_split
 
 __all__ = [
@@ -175,11 +176,7 @@ def acdc_datalist(
                 records.append(dict(c["frames"][phase], patient=c["patient"], phase=phase, group=c["group"]))
         out[name] = records
     if output_file is not None:
-        path = Path(output_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        os.replace(tmp, path)
+        write_datalist(out, output_file)
     return out
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
+from drd_components.data.datalist_io import write_datalist
 from drd_components.data.splits import stratified_split
 
 __all__ = ["BUSI_CLASSES", "find_busi_cases", "busi_classification_datalist"]
@@ -102,9 +102,5 @@ def busi_classification_datalist(
         records, "label", {"training": train_fraction, "validation": val_fraction, "test": test_fraction}, seed
     )
     if output_file is not None:
-        out = Path(output_file)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(parts, indent=1))
-        os.replace(tmp, out)
+        write_datalist(parts, output_file)
     return parts

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from drd_components.data.busi import BUSI_CLASSES, find_busi_cases
+from drd_components.data.datalist_io import write_datalist
 from drd_components.data.splits import stratified_split
 
 __all__ = ["busi_segmentation_datalist"]
@@ -87,9 +87,5 @@ def busi_segmentation_datalist(
         records, "class_name", {"training": train_fraction, "validation": val_fraction, "test": test_fraction}, seed
     )
     if output_file is not None:
-        out = Path(output_file)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(parts, indent=1))
-        os.replace(tmp, out)
+        write_datalist(parts, output_file)
     return parts

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from drd_components.data.datalist_io import write_datalist
 from drd_components.data.splits import stratified_split
 
 __all__ = ["read_msd_dataset_json", "msd_datalist", "nifti_folder_datalist", "write_synthetic_msd_hippocampus"]
@@ -91,11 +92,7 @@ def msd_datalist(
     parts = stratified_split(records, "_all", {"training": train_fraction, "validation": val_fraction, "test": test_fraction}, seed)
     parts = {k: [{"image": r["image"], "label": r["label"]} for r in v] for k, v in parts.items()}
     if output_file is not None:
-        out = Path(output_file)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(parts, indent=1))
-        os.replace(tmp, out)
+        write_datalist(parts, output_file)
     return parts
 
 
