@@ -8,7 +8,6 @@ Official layout: ``<root>/training/patientXXX/`` (and ``testing/``) with ``Info.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
