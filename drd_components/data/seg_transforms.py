@@ -58,6 +58,8 @@ class LoadUnionMaskd(MapTransform):
         reader: MONAI image reader for the mask files (default: chosen by file type).
         remove_source: drop the list of mask files from the item (lists of different lengths
             cannot be collated into a batch).
+        threshold: a pixel is foreground when its value is above this (0 for lossless masks; use
+            e.g. 127 for JPEG-compressed 0/255 masks, whose edges carry compression noise).
         allow_missing_keys: skip items without ``keys``.
 
     Raises:
@@ -71,9 +73,11 @@ class LoadUnionMaskd(MapTransform):
         reference_key: str = "image",
         reader: str | None = None,
         remove_source: bool = True,
+        threshold: float = 0.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.threshold = threshold
         self.label_key = label_key
         self.remove_source = remove_source
         self.reference_key = reference_key
@@ -87,7 +91,7 @@ class LoadUnionMaskd(MapTransform):
             union = None
             for f in files:
                 m = self.loader(f)
-                m = (m.amax(dim=0, keepdim=True) > 0) if m.shape[0] > 1 else (m > 0)
+                m = (m.amax(dim=0, keepdim=True) if m.shape[0] > 1 else m) > self.threshold
                 if union is not None and union.shape != m.shape:
                     raise ValueError(f"mask '{f}' is {tuple(m.shape[1:])}, the other masks of its image {tuple(union.shape[1:])}.")
                 union = m if union is None else (union | m)

@@ -1,0 +1,1 @@
+"""Family templates of the bundle generator (``tools/generate_bundles.py``)."""
