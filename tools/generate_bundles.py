@@ -129,7 +129,7 @@ def check(bundles_dir: str | os.PathLike = REPO_ROOT / "bundles") -> None:
     print(f"{len(BUNDLES)} bundles up to date.")
 
 
-def list_bundles(bundles_dir: str | os.PathLike = REPO_ROOT / "bundles") -> str:
+def bundle_table(bundles_dir: str | os.PathLike = REPO_ROOT / "bundles") -> str:
     """A markdown table of the 18 bundles: task, teacher, student, data and their state here."""
     root = Path(bundles_dir)
     data_root = Path(os.environ.get("DRD_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
@@ -143,9 +143,12 @@ def list_bundles(bundles_dir: str | os.PathLike = REPO_ROOT / "bundles") -> str:
             state = f"{'yes' if (data_root / real[0]).exists() else 'absent now'}: {real[0]} ({real[1]})"
         lines.append(f"| {spec.row} | {spec.name} | {spec.spatial_dims}D {spec.task} | {spec.teacher.title} | {spec.student_title.split(' (')[0]} "
                      f"| {spec.dataset.title} | {'complete' if present else 'INCOMPLETE'} | {state} |")
-    text = "\n".join(lines)
-    print(text)
-    return text
+    return "\n".join(lines)
+
+
+def list_bundles(bundles_dir: str | os.PathLike = REPO_ROOT / "bundles") -> None:
+    """Print :func:`bundle_table`."""
+    print(bundle_table(bundles_dir))
 
 
 if __name__ == "__main__":

@@ -197,7 +197,10 @@ def readme(spec: BundleSpec, train: dict) -> str:
             f"| `dataset_dir` | `{spec.dataset.dataset_dir}` | the dataset in its official layout |",
             "| `output_dir` | `<bundle>/models` | checkpoints (`model.pt` = best student by the key validation metric, "
             "`resume_checkpoint_epoch=N.pt`), TensorBoard logs, `datalist.json` |",
-            f"| `{size_id(spec)}` | {_value(list(spec.size))} | {'training patch size' if size_id(spec) == 'patch_size' else 'student input size'} |"]
+            f"| `{size_id(spec)}` | {_value(list(spec.size))} | {'training patch size' if size_id(spec) == 'patch_size' else 'student input size'} (`train_size` refers to it) |",
+            f"| `spatial_dims`, `num_classes`, `in_channels` | {spec.spatial_dims}, {len(spec.class_names)}, {spec.in_channels} | "
+            "the task's shape (fixed by the data; `class_names` lists the classes) |",
+            "| `rank` | `0` | process rank (set by `multi_gpu_train.json`; only rank 0 logs and saves) |"]
     if spec.spacing is not None:
         out.append(f"| `spacing` | {_value(list(spec.spacing))} | voxel spacing (mm) after resampling |")
     for key, (value, desc) in hyper_parameters(spec).items():
