@@ -5,6 +5,18 @@ A task folder (e.g. ``Task04_Hippocampus``) holds ``dataset.json`` (``labels``, 
 ``test`` as a list of ``./imagesTs/`` paths), and the ``imagesTr``, ``labelsTr``, ``imagesTs``
 folders. The official test images have no public labels, so training, validation and test parts
 are all cut from ``training``.
+
+Tasks used by the bundles (:data:`MSD_TASKS` lists their archives, MD5 digests as in
+``monai.apps.DecathlonDataset``, labels and modalities):
+
+- ``Task09_Spleen``: CT, labels 0 background / 1 spleen.
+- ``Task05_Prostate``: MRI with two modalities in one 4D NIfTI per case (``x, y, z, 2``: T2 then
+  ADC); labels 0 background / 1 peripheral zone (PZ) / 2 transition zone (TZ).
+  ``LoadImaged(keys="image", ensure_channel_first=True)`` (or ``LoadImaged`` + ``EnsureChannelFirstd``)
+  gives a channel-first ``(2, x, y, z)`` image because the NIfTI reader reports the 4th axis as the
+  channel axis; set ``in_channels`` to 2. The label is a plain 3D volume.
+- ``Task07_Pancreas``: portal-venous CT, labels 0 background / 1 pancreas / 2 tumour.
+- ``Task04_Hippocampus``: MRI, labels 0 background / 1 anterior / 2 posterior.
 """
 
 from __future__ import annotations
@@ -19,7 +31,74 @@ import numpy as np
 from drd_components.data.datalist_io import write_datalist
 from drd_components.data.splits import stratified_split
 
-__all__ = ["read_msd_dataset_json", "msd_datalist", "nifti_folder_datalist", "write_synthetic_msd_hippocampus"]
+__all__ = [
+    "MSD_BASE_URL",
+    "MSD_TASKS",
+    "find_msd_task_dir",
+    "read_msd_dataset_json",
+    "msd_datalist",
+    "nifti_folder_datalist",
+    "write_synthetic_msd_hippocampus",
+]
+
+#: mirror of the Decathlon archives used by MONAI (``monai.apps.DecathlonDataset.resource``).
+MSD_BASE_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
+
+#: the tasks the bundles use: archive URL, MD5 (``monai.apps.DecathlonDataset.md5``), labels, modalities.
+MSD_TASKS: dict[str, dict] = {
+    "Task09_Spleen": {
+        "url": f"{MSD_BASE_URL}/Task09_Spleen.tar",
+        "md5": "410d4a301da4e5b2f6f86ec3ddba524e",
+        "labels": {0: "background", 1: "spleen"},
+        "modalities": ("CT",),
+    },
+    "Task05_Prostate": {
+        "url": f"{MSD_BASE_URL}/Task05_Prostate.tar",
+        "md5": "35138f08b1efaef89d7424d2bcc928db",
+        "labels": {0: "background", 1: "peripheral_zone", 2: "transition_zone"},
+        "modalities": ("T2", "ADC"),
+    },
+    "Task07_Pancreas": {
+        "url": f"{MSD_BASE_URL}/Task07_Pancreas.tar",
+        "md5": "4f7080cfca169fa8066d17ce6eb061e4",
+        "labels": {0: "background", 1: "pancreas", 2: "tumour"},
+        "modalities": ("CT",),
+    },
+    "Task04_Hippocampus": {
+        "url": f"{MSD_BASE_URL}/Task04_Hippocampus.tar",
+        "md5": "9d24dba78a72977dbd1d2e110310f31b",
+        "labels": {0: "background", 1: "anterior", 2: "posterior"},
+        "modalities": ("MRI",),
+    },
+}
+
+
+def find_msd_task_dir(root: str | os.PathLike, task: str) -> Path:
+    """Find the folder of MSD ``task`` (e.g. ``Task09_Spleen``) holding ``dataset.json``.
+
+    ``root`` may be the task folder itself (any folder with a ``dataset.json``, whatever its name) or
+    any parent of it (e.g. an extraction folder).
+
+    Args:
+        root: folder to search.
+        task: task folder name.
+
+    Returns:
+        the task folder.
+
+    Raises:
+        FileNotFoundError: when no ``<task>/dataset.json`` is found under ``root``.
+    """
+    base = Path(root)
+    if (base / "dataset.json").is_file():
+        return base.resolve()
+    candidates = sorted(p.parent for p in base.rglob(f"{task}/dataset.json") if not p.parent.name.startswith("._"))
+    if not candidates:
+        raise FileNotFoundError(
+            f"no MSD task folder '{task}' with dataset.json under '{base}': expected "
+            f"'{task}/dataset.json', '{task}/imagesTr/*.nii.gz', '{task}/labelsTr/*.nii.gz' (the layout of {task}.tar)."
+        )
+    return candidates[0].resolve()
 
 
 def read_msd_dataset_json(dataset_dir: str | os.PathLike) -> dict:
