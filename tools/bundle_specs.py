@@ -386,12 +386,13 @@ def ct_window(low: float, high: float) -> dict:
     return {"_target_": "ScaleIntensityRanged", "a_min": low, "a_max": high, "b_min": 0.0, "b_max": 1.0, "clip": True}
 
 
-def _cls2d(name, row, paper, title, summary, modality, classes, dataset, teacher, in_channels, image_text, references, size=(224, 224), **hyper):
+def _cls2d(name, row, paper, title, summary, modality, classes, dataset, teacher, in_channels, image_text, references, size=(224, 224),
+           extras=None, **hyper):
     return BundleSpec(
         name=name, row=row, paper=paper, task="classification", spatial_dims=2, title=title, summary=summary, modality=modality,
         class_names=tuple(classes), in_channels=in_channels, dataset=DATASETS[dataset], teacher=teacher, student=RESNET18_2D,
         student_title="ResNet18 (2D, MONAI ResNet in 4 stages)", size=tuple(size), hyper=hyper, intensity=SCALE, image_text=image_text,
-        label_text=", ".join(f"{i} {c}" for i, c in enumerate(classes)), references=references)
+        label_text=", ".join(f"{i} {c}" for i, c in enumerate(classes)), references=references, extras=extras or {})
 
 
 def _cls3d(name, row, paper, title, summary, modality, classes, dataset, teacher, intensity, image_text, references, size, teacher_size, fmt="magnitude", spacing=None, **hyper):
@@ -434,7 +435,7 @@ BUNDLES: tuple[BundleSpec, ...] = (
     _cls2d("busi_ultrasound_classification", 1, True, "BUSI ultrasound classification (DRD)",
            "Breast ultrasound image classification into benign, malignant and normal", "US", ("benign", "malignant", "normal"), "busi", PMC_CLIP, 1,
            "single channel grey-level ultrasound image, intensity scaled to [0, 1], resized to 224 x 224",
-           (BUSI_CITATION, PMC_CLIP.citation, R_RESNET)),
+           (BUSI_CITATION, PMC_CLIP.citation, R_RESNET), extras={"inference_exclude": ["_mask"]}),
     _cls2d("brain_tumor_mri_classification", 2, True, "Brain tumour MRI classification (DRD)",
            "Brain MRI slice classification into glioma, meningioma, no tumour and pituitary tumour", "MR",
            ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"), "brain_tumor_mri", RADIMAGENET, 1,
@@ -464,7 +465,7 @@ BUNDLES: tuple[BundleSpec, ...] = (
            "ViT-Tiny segmenter (patch-token encoder in 4 stages, light convolutional decoder)", 1, (256, 256), 1024,
            "single channel grey-level ultrasound image, intensity scaled to [0, 1], longest side resized to 256 and zero-padded to 256 x 256",
            (BUSI_CITATION, MEDSAM.citation, R_VIT, "Zheng S, et al. Rethinking Semantic Segmentation from a Sequence-to-Sequence Perspective with Transformers (SETR). CVPR 2021."),
-           extras={"mask_key": "masks"}, learning_rate=(0.0005, "AdamW learning rate"), weight_decay=(0.01, "AdamW weight decay")),
+           extras={"mask_key": "masks", "inference_exclude": ["_mask"]}, learning_rate=(0.0005, "AdamW learning rate"), weight_decay=(0.01, "AdamW weight decay")),
     _seg2d("polyp_endoscopy_segmentation", 8, False, "Endoscopic polyp segmentation (DRD)", "Polyp segmentation in colonoscopy frames",
            "ES", "polyp", "kvasir_seg", MSA, SHUFFLENET_UNET, "ShuffleNetV2-UNet (ShuffleNetV2 1.0x encoder in 4 stages, U-Net decoder)", 3, (352, 352), 1024,
            "RGB colonoscopy frame, intensity scaled to [0, 1], longest side resized to 352 and zero-padded to 352 x 352",

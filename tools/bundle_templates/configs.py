@@ -386,6 +386,8 @@ def _inferer(spec: BundleSpec) -> dict:
 def _model_input_transforms(spec: BundleSpec, label: str) -> list[dict]:
     """Pre-processing that keeps the input space invertible (evaluation on original labels, inference)."""
     out = load_transforms(spec, label)
+    if label == "none" and spec.spatial_dims == 3:  # NIfTI files and DICOM series (folders or slice lists)
+        out[0]["reader"] = "$drd_components.data.inference_inputs.DicomSeriesReader()"
     keys = ["image", "label"] if label == "original" else "image"
     if spec.task == "classification":
         out.append({"_target_": "Resized", "keys": "image", "spatial_size": "@image_size"})
@@ -466,7 +468,9 @@ def inference_config(spec: BundleSpec, train: dict) -> dict:
     cfg["num_workers"] = 2
     cfg["network_def"] = deepcopy(train["network_def"])
     cfg["network"] = "$@network_def.to(@device)"
-    cfg["datalist"] = "$drd_components.data.inference_inputs.inference_datalist(@dataset_dir, spatial_dims=@spatial_dims)"
+    exclude = spec.extras.get("inference_exclude", [])
+    cfg["datalist"] = ("$drd_components.data.inference_inputs.inference_datalist(@dataset_dir, spatial_dims=@spatial_dims"
+                       + (f", exclude_substrings={tuple(exclude)!r})" if exclude else ")"))
     cfg["preprocessing"] = {"_target_": "Compose", "transforms": _model_input_transforms(spec, "none")}
     cfg["dataset"] = {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"}
     cfg["dataloader"] = {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": "@batch_size", "shuffle": False,
@@ -479,11 +483,12 @@ def inference_config(spec: BundleSpec, train: dict) -> dict:
         post.append({"_target_": "AsDiscreted", "keys": "pred", "argmax": True})
         if d3:
             post.append({"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
-                         "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False})
+                         "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False,
+                         "savepath_in_metadict": True})
         else:
             post.append({"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
                          "output_ext": ".png", "output_dtype": "$numpy.uint8", "scale": 255, "resample": False,
-                         "separate_folder": False, "print_log": False})
+                         "separate_folder": False, "print_log": False, "savepath_in_metadict": True})
     cfg["postprocessing"] = {"_target_": "Compose", "transforms": post}
     handlers: list[dict] = [
         {"_target_": "CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"}, "map_location": "@device"},
