@@ -12,7 +12,7 @@ about three minutes each on two CPU cores. PyTorch runs with ``DRD_TEST_THREADS`
 one) and one data-loader worker.
 
 hippocampus_mri_segmentation has no real copy here; it is exercised on generated volumes in the
-MSD layout by ``test_bundle_hippocampus_segmentation.py``.
+MSD layout by ``tests/test_bundles.py``.
 """
 
 import os
@@ -71,7 +71,7 @@ def test_busi_segmentation_drd_learns_on_real_data(tmp_path, threads):
     )
     elapsed = time.perf_counter() - start
     log = proc.stdout + proc.stderr
-    dice = _val_curve(log, "val_dice")
+    dice = _val_curve(log, "val_mean_dice")
     assert len(dice) == 8, log[-3000:]
     print(f"busi_ultrasound_segmentation: val Dice per epoch {dice}, {elapsed:.0f} s")
     first, best = dice[0], max(dice)
