@@ -237,16 +237,43 @@ class ReprogrammingModule(nn.Module):
 
         Returns:
             the module, on the student's device.
+
+        Raises:
+            ValueError: teacher and student differ in ``spatial_dims``, ``input_shape`` has the wrong
+                number of axes, or a dry run fails (the message names the model and the shape).
         """
+        spatial_dims = int(student.spatial_dims)
+        teacher_dims = getattr(teacher, "spatial_dims", None)
+        if teacher_dims is not None and int(teacher_dims) != spatial_dims:
+            raise ValueError(
+                f"the teacher {type(teacher).__name__} is {teacher_dims}D but the student {type(student).__name__} "
+                f"is {spatial_dims}D: DRD needs a teacher and a student of the same spatial_dims "
+                "(check the bundle's teacher_def and network_def)."
+            )
+        if len(input_shape) != spatial_dims + 2:
+            raise ValueError(
+                f"input_shape {list(input_shape)} must be B x C x spatial with {spatial_dims} spatial sizes "
+                f"(the student is {spatial_dims}D); check the training image/patch size in the config."
+            )
         param = next(iter(student.parameters()))
         x = torch.zeros(*input_shape, device=param.device, dtype=param.dtype)
         was_training = student.training
         student.eval()
-        with torch.no_grad():
-            s_feats = student.forward_stages(x)
-        student.train(was_training)
-        t_feats = teacher.stage_features(x)
-        spatial_dims = student.spatial_dims
+        try:
+            with torch.no_grad():
+                s_feats = student.forward_stages(x)
+        except Exception as e:
+            raise ValueError(
+                f"dry run of the student {type(student).__name__} on input shape {list(input_shape)} failed: {e}"
+            ) from e
+        finally:
+            student.train(was_training)
+        try:
+            t_feats = teacher.stage_features(x)
+        except Exception as e:
+            raise ValueError(
+                f"dry run of the teacher {type(teacher).__name__} on input shape {list(input_shape)} failed: {e}"
+            ) from e
         chosen = cls.select_stages(len(s_feats), stages)
         taps = list(teacher_taps) if teacher_taps is not None else cls.match_taps(len(t_feats), len(s_feats), chosen)
         if len(taps) != len(chosen):

@@ -248,6 +248,11 @@ def load_state_dict_strict(
     ]
     if missing or unexpected or mismatched:
         parts = []
+        if expected and mapped and not any(k in expected for k in mapped):
+            parts.append(
+                f"no key in common ({len(mapped)} keys in the file, {len(expected)} in the model): "
+                "this is a checkpoint of a different model"
+            )
         if missing:
             parts.append(f"missing keys ({len(missing)}): {missing[:20]}")
         if unexpected:
