@@ -30,6 +30,8 @@ COMMON_HYPER = {
     "alpha_end": (0.0, "hybrid-path task-loss weight at the last iteration"),
     "beta_start": (1.0, "KL weight at the first iteration (linear schedule)"),
     "beta_end": (0.0, "KL weight at the last iteration"),
+    "resume": (True, "continue from the newest `resume_checkpoint_epoch=N.pt` in `ckpt_dir` when one exists (model, projectors, optimizer, scheduler, epoch, best metric)"),
+    "validate_sample": ("all", "items per split whose files are decoded by the start-up datalist check (`all`, or a number; existence is always checked for every item)"),
 }
 SEG_HYPER = {
     "cache_rate": (1.0, "fraction of the pre-processed cases kept in memory (CacheDataset)"),
@@ -46,6 +48,7 @@ FAMILY_HYPER = {
     ("segmentation", 3): {"num_epochs": (300, "training epochs"), "batch_size": (2, "volumes per batch"),
                           "val_interval": (5, "validate every N epochs"), "weight_decay": (1e-05, "AdamW weight decay"),
                           "num_workers": (4, "data-loading worker processes"),
+                          "validate_sample": (16, "items per split whose files are decoded by the start-up datalist check (`all`, or a number; existence is always checked for every item)"),
                           "samples_per_volume": (2, "random patches cropped per volume and iteration"),
                           "sw_batch_size": (4, "sliding-window patches per forward at validation/inference"),
                           "sw_overlap": (0.5, "sliding-window overlap"),
@@ -217,6 +220,17 @@ def _postprocessing(spec: BundleSpec) -> dict:
         {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": "@num_classes"}]}
 
 
+def _validated_datalist(spec: BundleSpec) -> str:
+    """The dataset's datalist call wrapped in the start-up check (missing/corrupt files, channels, sizes, labels)."""
+    args = ["task=@task", "num_classes=@num_classes", "in_channels=@in_channels", "spatial_dims=@spatial_dims", "sample=@validate_sample"]
+    if spec.spatial_dims == 2:
+        args.append("accepted_channels=[1, 3, 4]")  # AdaptChannelsd follows the loader
+    if spec.task == "segmentation" and (spec.spatial_dims == 2 or spec.extras.get("select_labels")):
+        # binary masks with 0/255 values (2D), or a multi-organ map reduced by SelectLabeld: size checks only
+        args += ["label_key=None", f"mask_keys=['{spec.extras.get('mask_key', 'label')}']"]
+    return f"$drd_components.data.validation.validate_datalist({spec.dataset.datalist[1:]}, {', '.join(args)})"
+
+
 def _teacher_def(spec: BundleSpec) -> dict:
     out = {"_target_": spec.teacher.target, "checkpoint": "@teacher_checkpoint", "sha256": "@teacher_sha256"}
     for arg in spec.teacher.extra_checkpoint_args:
@@ -241,7 +255,8 @@ def _network_def(spec: BundleSpec) -> dict:
 
 
 def imports(spec: BundleSpec, extra: tuple[str, ...] = ()) -> list[str]:
-    mods = ["os", "torch", "ignite", "monai", "drd_components", spec.dataset.module, "drd_components.networks.reprogramming"]
+    mods = ["os", "torch", "ignite", "monai", "drd_components", spec.dataset.module, "drd_components.networks.reprogramming",
+            "drd_components.data.validation", "drd_components.handlers.resume", "drd_components.handlers.determinism"]
     if spec.task == "segmentation":
         mods += ["drd_components.metrics.segmentation"]
     if spec.extras.get("ejection_fraction"):
@@ -286,7 +301,7 @@ def train_config(spec: BundleSpec) -> dict:
     for arg, path in spec.teacher.extra_checkpoint_args.items():
         cfg[f"teacher_{arg}"] = f"$@bundle_root + '/{path}'"
         cfg[f"teacher_{arg.replace('checkpoint', 'sha256')}"] = ""
-    cfg["datalist"] = spec.dataset.datalist
+    cfg["datalist"] = _validated_datalist(spec)
     cfg["network_def"] = _network_def(spec)
     cfg["network"] = "$@network_def.to(@device)"
     cfg["teacher_def"] = _teacher_def(spec)
@@ -307,7 +322,8 @@ def train_config(spec: BundleSpec) -> dict:
     cfg["optimizer"] = {"_target_": "torch.optim.AdamW", "params": "$list(@network.parameters()) + list(@projectors.parameters())",
                         "lr": "@learning_rate", "weight_decay": "@weight_decay"}
     cfg["lr_scheduler"] = {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer", "T_max": "@num_epochs"}
-    cfg["train_save_dict"] = {"model": "@network", "projectors": "@projectors", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
+    cfg["train_save_dict"] = {"model": "@network", "projectors": "@projectors", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler",
+                              "validation": "@validation_progress"}
 
     train = {
         "deterministic_transforms": train_deterministic(spec),
@@ -321,10 +337,14 @@ def train_config(spec: BundleSpec) -> dict:
         "postprocessing": _postprocessing(spec),
         "key_metric": _key_metric(spec, "train"),
         "handlers": [
+            {"_target_": "drd_components.handlers.resume.ResumeFromLatestCheckpoint", "ckpt_dir": "@ckpt_dir",
+             "load_dict": "@train_save_dict", "engine_key": "trainer", "enabled": "@resume"},
+            {"_target_": "drd_components.handlers.determinism.ReseedEachEpoch", "seed": "@seed", "randomizable": "@train#dataset"},
             {"_target_": "drd_components.handlers.EpochTimeLogger"},
             {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
             {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True, "interval": "@val_interval"},
-            {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": "@train_save_dict", "file_prefix": "resume",
+            {"_target_": "drd_components.handlers.resume.AtomicCheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": "@train_save_dict",
+             "engine_key": "trainer", "file_prefix": "resume",
              "save_interval": 1, "n_saved": 1, "epoch_level": True, "_disabled_": "@is_not_rank0"},
             {"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": "$drd_components.handlers.LossTermsTransform()",
              "_disabled_": "@is_not_rank0"},
@@ -351,9 +371,11 @@ def train_config(spec: BundleSpec) -> dict:
     val_handlers += [
         {"_target_": "StatsHandler", "iteration_log": False, "_disabled_": "@is_not_rank0"},
         {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "iteration_log": False, "_disabled_": "@is_not_rank0"},
-        {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"}, "save_key_metric": True,
-         "key_metric_filename": "model.pt", "_disabled_": "@is_not_rank0"},
+        {"_target_": "drd_components.handlers.resume.AtomicCheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"},
+         "save_key_metric": True, "key_metric_filename": "model.pt", "_disabled_": "@is_not_rank0"},
     ]
+    cfg["validation_progress"] = {"_target_": "drd_components.handlers.resume.ValidationProgress", "evaluator": "@validate#evaluator",
+                                  "best_model_saver": f"@validate#handlers#{len(val_handlers) - 1}"}
     cfg["validate"] = {
         "preprocessing": {"_target_": "Compose", "transforms": val_pre},
         "dataset": {"_target_": "CacheDataset", "data": "$@datalist['validation']", "transform": "@validate#preprocessing",
@@ -556,5 +578,6 @@ def train_vanilla_config(spec: BundleSpec) -> dict:
                           "postprocessing": "@train#postprocessing", "key_train_metric": "@train#key_metric",
                           "train_handlers": "@train#handlers"},
         "optimizer#params": "$@network.parameters()",
-        "train_save_dict": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
+        "train_save_dict": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler",
+                            "validation": "@validation_progress"},
     }
