@@ -57,6 +57,7 @@ def render(spec: BundleSpec) -> dict[str, str]:
         "configs/train_rd.json": _dump(configs.train_rd_config(spec)),
         "configs/train_vanilla.json": _dump(configs.train_vanilla_config(spec)),
         "configs/metadata.json": _dump(documents.metadata(spec)),
+        "configs/mlflow_tracking.json": _dump(configs.mlflow_tracking_config()),
         "configs/logging.conf": documents.LOGGING_CONF,
         "docs/README.md": documents.readme(spec, train),
         "docs/data_license.txt": documents.data_licence(spec),

@@ -8,3 +8,15 @@ from drd_components.data.acdc import ACDC_GROUPS, ACDC_LABELS, acdc_datalist, fi
 from drd_components.data.busi_segmentation import busi_segmentation_datalist
 from drd_components.data.msd import msd_datalist, nifti_folder_datalist, read_msd_dataset_json
 from drd_components.data.seg_transforms import AffineFromZoomsd, LoadUnionMaskd, ValidRegiond
+from drd_components.data.brain_tumor import BRAIN_TUMOR_CLASSES, brain_tumor_mri_datalist
+from drd_components.data.btcv import SelectLabeld, btcv_gallbladder_datalist
+from drd_components.data.duplicates import find_duplicate_groups, resolve_cross_split_duplicates
+from drd_components.data.fives import fives_datalist
+from drd_components.data.ham10000 import HAM10000_CLASSES, ham10000_datalist
+from drd_components.data.inference_inputs import DicomSeriesReader, inference_datalist
+from drd_components.data.isic_segmentation import isic2018_segmentation_datalist
+from drd_components.data.kvasir import BinarizeLabeld, kvasir_seg_datalist
+from drd_components.data.medmnist import medmnist_datalist, verify_medmnist_md5
+from drd_components.data.mosmed import MOSMED_CLASSES, mosmeddata_datalist
+from drd_components.data.pneumonia import PNEUMONIA_CLASSES, pneumonia_xray_datalist
+from drd_components.data.validation import DataValidationError, check_dataset_dir, validate_datalist

@@ -30,6 +30,7 @@ COMMON_HYPER = {
     "alpha_end": (0.0, "hybrid-path task-loss weight at the last iteration"),
     "beta_start": (1.0, "KL weight at the first iteration (linear schedule)"),
     "beta_end": (0.0, "KL weight at the last iteration"),
+    "progress_bar": (True, "tqdm progress bar over the iterations of each epoch (rank 0)"),
     "resume": (True, "continue from the newest `resume_checkpoint_epoch=N.pt` in `ckpt_dir` when one exists (model, projectors, optimizer, scheduler, epoch, best metric)"),
     "validate_sample": ("all", "items per split whose files are decoded by the start-up datalist check (`all`, or a number; existence is always checked for every item)"),
 }
@@ -255,7 +256,8 @@ def _network_def(spec: BundleSpec) -> dict:
 
 
 def imports(spec: BundleSpec, extra: tuple[str, ...] = ()) -> list[str]:
-    mods = ["os", "torch", "ignite", "monai", "drd_components", spec.dataset.module, "drd_components.networks.reprogramming",
+    mods = ["os", "torch", "ignite", "ignite.handlers", "monai", "drd_components", spec.dataset.module, "drd_components.networks.reprogramming",
+            "drd_components.handlers.training_curves",
             "drd_components.data.validation", "drd_components.handlers.resume", "drd_components.handlers.determinism"]
     if spec.task == "segmentation":
         mods += ["drd_components.metrics.segmentation"]
@@ -350,6 +352,9 @@ def train_config(spec: BundleSpec) -> dict:
              "_disabled_": "@is_not_rank0"},
             {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "tag_name": "train_loss",
              "output_transform": "$drd_components.handlers.LossTermsTransform()", "_disabled_": "@is_not_rank0"},
+            {"_target_": "drd_components.handlers.training_curves.TrainingCurvesWriter", "output_dir": "@ckpt_dir",
+             "validator": "@validate#evaluator", "_disabled_": "@is_not_rank0"},
+            {"_target_": "ignite.handlers.ProgressBar", "persist": False, "_disabled_": "$@is_not_rank0 or not @progress_bar"},
         ],
         "trainer": {
             "_target_": "drd_components.engines.DRDTrainer", "max_epochs": "@num_epochs", "device": "@device",
@@ -408,8 +413,12 @@ def _inferer(spec: BundleSpec) -> dict:
 def _model_input_transforms(spec: BundleSpec, label: str) -> list[dict]:
     """Pre-processing that keeps the input space invertible (evaluation on original labels, inference)."""
     out = load_transforms(spec, label)
-    if label == "none" and spec.spatial_dims == 3:  # NIfTI files and DICOM series (folders or slice lists)
-        out[0]["reader"] = "$drd_components.data.inference_inputs.DicomSeriesReader()"
+    if label == "none":
+        # MONAI Deploy's bundle operator replaces LoadImaged by its own loader: keep the channel handling separate
+        out[0]["ensure_channel_first"] = False
+        out.insert(1, {"_target_": "EnsureChannelFirstd", "keys": "image"})
+        if spec.spatial_dims == 3:  # NIfTI files and DICOM series (folders or slice lists)
+            out[0]["reader"] = "$drd_components.data.inference_inputs.DicomSeriesReader()"
     keys = ["image", "label"] if label == "original" else "image"
     if spec.task == "classification":
         out.append({"_target_": "Resized", "keys": "image", "spatial_size": "@image_size"})
@@ -581,3 +590,18 @@ def train_vanilla_config(spec: BundleSpec) -> dict:
         "train_save_dict": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler",
                             "validation": "@validation_progress"},
     }
+
+
+def mlflow_tracking_config() -> dict:
+    """``configs/mlflow_tracking.json``: MONAI's default MLflow settings, logging every DRD loss term.
+
+    Use: ``python -m monai.bundle run training ... --tracking configs/mlflow_tracking.json
+    --tracking_uri <uri>`` (plain ``--tracking mlflow`` logs the total ``loss`` only).
+    """
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    settings = deepcopy(DEFAULT_MLFLOW_SETTINGS)
+    settings["configs"]["experiment_name"] = "drd"
+    settings["configs"]["trainer"]["output_transform"] = "$drd_components.handlers.LossTermsTransform()"
+    settings["configs"]["trainer"]["optimizer_param_names"] = "lr"
+    return settings
