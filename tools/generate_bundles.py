@@ -54,8 +54,6 @@ def render(spec: BundleSpec) -> dict[str, str]:
         "configs/inference.json": _dump(configs.inference_config(spec, train)),
         "configs/multi_gpu_train.json": _dump(configs.multi_gpu_config(spec)),
         "configs/teacher_standin.json": _dump(configs.teacher_standin_config(spec)),
-        "configs/train_rd.json": _dump(configs.train_rd_config(spec)),
-        "configs/train_vanilla.json": _dump(configs.train_vanilla_config(spec)),
         "configs/metadata.json": _dump(documents.metadata(spec)),
         "configs/mlflow_tracking.json": _dump(configs.mlflow_tracking_config()),
         "configs/logging.conf": documents.LOGGING_CONF,

@@ -324,6 +324,8 @@ def train_config(spec: BundleSpec) -> dict:
     cfg["optimizer"] = {"_target_": "torch.optim.AdamW", "params": "$list(@network.parameters()) + list(@projectors.parameters())",
                         "lr": "@learning_rate", "weight_decay": "@weight_decay"}
     cfg["lr_scheduler"] = {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer", "T_max": "@num_epochs"}
+    cfg["best_save_dict"] = {"model": "@network"}  # what the best-validation checkpoint holds (the deployed model)
+    cfg["best_model_filename"] = "model.pt"
     cfg["train_save_dict"] = {"model": "@network", "projectors": "@projectors", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler",
                               "validation": "@validation_progress"}
 
@@ -376,8 +378,8 @@ def train_config(spec: BundleSpec) -> dict:
     val_handlers += [
         {"_target_": "StatsHandler", "iteration_log": False, "_disabled_": "@is_not_rank0"},
         {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "iteration_log": False, "_disabled_": "@is_not_rank0"},
-        {"_target_": "drd_components.handlers.resume.AtomicCheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"},
-         "save_key_metric": True, "key_metric_filename": "model.pt", "_disabled_": "@is_not_rank0"},
+        {"_target_": "drd_components.handlers.resume.AtomicCheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": "@best_save_dict",
+         "save_key_metric": True, "key_metric_filename": "@best_model_filename", "_disabled_": "@is_not_rank0"},
     ]
     cfg["validation_progress"] = {"_target_": "drd_components.handlers.resume.ValidationProgress", "evaluator": "@validate#evaluator",
                                   "best_model_saver": f"@validate#handlers#{len(val_handlers) - 1}"}
@@ -570,25 +572,6 @@ def teacher_standin_config(spec: BundleSpec) -> dict:
         "teacher_def": {"_target_": "drd_components.teachers.ResNetStandInTeacher", "spatial_dims": spec.spatial_dims,
                         "in_channels": spec.in_channels, "block_inplanes": [32, 64, 128, 256], "mean": 0.5, "std": 0.25,
                         "checkpoint": "@teacher_checkpoint", "sha256": "@teacher_sha256"},
-    }
-
-
-def train_rd_config(spec: BundleSpec) -> dict:
-    """``configs/train_rd.json``: Reprogramming Distillation (one projector at the last stage, no KL)."""
-    return {"drd_stages": "last", "alpha_start": 1.0, "alpha_end": 1.0, "beta_start": 0.0, "beta_end": 0.0}
-
-
-def train_vanilla_config(spec: BundleSpec) -> dict:
-    """``configs/train_vanilla.json``: the student alone (no teacher is built)."""
-    return {
-        "train#trainer": {"_target_": "SupervisedTrainer", "max_epochs": "@num_epochs", "device": "@device",
-                          "train_data_loader": "@train#dataloader", "network": "@network", "optimizer": "@optimizer",
-                          "loss_function": "@task_loss", "amp": "@amp", "inferer": "@train#inferer",
-                          "postprocessing": "@train#postprocessing", "key_train_metric": "@train#key_metric",
-                          "train_handlers": "@train#handlers"},
-        "optimizer#params": "$@network.parameters()",
-        "train_save_dict": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler",
-                            "validation": "@validation_progress"},
     }
 
 
