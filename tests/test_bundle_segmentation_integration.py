@@ -31,7 +31,7 @@ def _dataset(name: str) -> Path:
     root = os.environ.get("DRD_DATA_ROOT")
     if not root:
         pytest.skip(f"DRD_DATA_ROOT is not set: cannot run the {name} integration test (set it to the folder holding {name}/).")
-    path = Path(root) / name
+    path = Path(root).resolve() / name  # absolute: the bundle CLI runs in the bundle folder
     if not path.is_dir():
         pytest.skip(f"DRD_DATA_ROOT={root} has no '{name}' folder: the {name} integration test needs the real dataset there.")
     return path

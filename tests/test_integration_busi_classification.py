@@ -20,7 +20,7 @@ def busi_dir():
     root = os.environ.get("DRD_DATA_ROOT")
     if not root:
         pytest.skip("DRD_DATA_ROOT is not set: real-data integration test skipped")
-    path = Path(root) / "busi"
+    path = Path(root).resolve() / "busi"  # absolute: the bundle CLI runs in the bundle folder
     if not (path / "benign").is_dir():
         pytest.skip(f"{path} holds no BUSI copy: real-data integration test skipped")
     return path

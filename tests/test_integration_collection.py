@@ -18,7 +18,7 @@ import pytest
 from tests.bundle_utils import write_standin_teacher
 from tests.test_bundles import run_workflow
 
-DATA_ROOT = Path(os.environ.get("DRD_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_ROOT = Path(os.environ.get("DRD_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data")).resolve()
 pytestmark = pytest.mark.integration
 
 
