@@ -36,11 +36,13 @@ def run_bundle(
     return proc
 
 
-def write_standin_teacher(path: Path, **kwargs) -> Path:
-    """Save a random stand-in teacher checkpoint (flat MONAI ResNet state dict)."""
+def write_standin_teacher(path: Path, seed: int = 0, **kwargs) -> Path:
+    """Save a random stand-in teacher checkpoint (flat MONAI ResNet state dict), seeded so that runs repeat."""
     from drd_components.teachers import ResNetStandInTeacher
 
-    teacher = ResNetStandInTeacher(**kwargs)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        teacher = ResNetStandInTeacher(**kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(teacher.net.state_dict(), path)
     return path
