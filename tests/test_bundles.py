@@ -160,7 +160,9 @@ def test_bundle_trains_evaluates_infers_and_exports(spec, tmp_path):
     net = wf.parser.get_parsed_content("network_def", instantiate=True)
     assert set(student) == set(net.state_dict())  # the student alone: no teacher, no projectors
     resume = torch.load(next(out.glob("resume_checkpoint_epoch=*.pt")), weights_only=True)
-    assert {"model", "projectors", "optimizer", "lr_scheduler"} <= set(resume)
+    assert {"model", "projectors", "optimizer", "lr_scheduler", "trainer", "validation"} <= set(resume)
+    curves = json.loads((out / "training_curves.json").read_text())  # written next to the checkpoint with the PNG
+    assert (out / "training_curves.png").stat().st_size > 0 and "loss_cka" in json.dumps(curves)
 
     # evaluation of the best checkpoint on the test split
     run_workflow(spec.name, ["train.json", "evaluate.json"], **common)

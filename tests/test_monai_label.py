@@ -32,8 +32,7 @@ INFER_IDS = ("network_def", ("preprocessing", "pre_transforms"), ("postprocessin
 #: ids BundleTrainTask overrides in configs/train.json
 TRAIN_IDS = ("network", "device", "bundle_root", "train#trainer#max_epochs", "train#dataset#data", "train#handlers",
              "validate#dataset#data")
-ALL = ["busi_ultrasound_classification", "busi_ultrasound_segmentation", "cardiac_mri_segmentation",
-       "hippocampus_mri_segmentation"]
+ALL = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "inference.json").is_file())  # all 18 bundles
 
 
 def _ids_present(parser, ids):

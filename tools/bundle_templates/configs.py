@@ -209,7 +209,9 @@ def _key_metric(spec: BundleSpec, prefix: str) -> dict:
 
 def _additional_metrics(spec: BundleSpec, prefix: str) -> dict:
     if spec.task == "classification":
-        return {f"{prefix}_f1": {"_target_": "ConfusionMatrix", "metric_name": "f1 score", "output_transform": _from_engine()}}
+        # macro F1 (unweighted mean over classes); MONAI's ConfusionMatrix "f1 score" with mean reduction is micro-F1 = accuracy
+        return {f"{prefix}_macro_f1": {"_target_": "ignite.metrics.Fbeta", "beta": 1.0,
+                                       "output_transform": "$drd_components.handlers.classification_output_transform"}}
     out = _dice_metrics(spec, prefix)
     out[f"{prefix}_iou"] = {"_target_": "MeanIoUHandler", "include_background": False, "output_transform": _from_engine()}
     return out

@@ -209,7 +209,7 @@ def readme(spec: BundleSpec, train: dict) -> str:
                f"`{spec.teacher.files[0]['path']}`, empty | teacher file and its expected digest (checked before loading when given) |")
     out += ["", "Logged per iteration: `loss`, `loss_task`, `loss_hybrid`, `loss_kl`, `loss_cka` (weighted terms that add up "
             "to `loss`), `alpha`, `beta`, `cka_stage<i>`; per epoch: epoch time, "
-            + ("`train_accuracy`, `val_accuracy`, `val_f1`." if not seg else "`train_mean_dice`, `val_mean_dice`, `val_iou`"
+            + ("`train_accuracy`, `val_accuracy`, `val_macro_f1` (unweighted mean of the per-class F1)." if not seg else "`train_mean_dice`, `val_mean_dice`, `val_iou`"
                + (", Dice per structure (" + ", ".join(f"`val_dice_{s}`" for s in spec.short_names) + ")" if len(spec.class_names) > 2 else "")
                + "."), ""]
 
