@@ -1,7 +1,7 @@
 """Benchmark DRD against the baselines on one bundle: methods x seeds x label fractions, resumable.
 
 Usage:
-    python tools/benchmark_methods.py main --output /work/bench/busi \
+    python tools/benchmark_methods.py main --output bench/busi \
         [--bundle busi_ultrasound_classification] [--dataset busi|brain_tumor_mri|bundle] \
         [--methods vanilla,linear_probe,kd,fitnet,rd,drd,drd_cache] [--seeds 3] [--fractions 0.1,1.0] \
         [--image_size 64] [--epochs 5] [--batch_size 16] [--threads 1] \

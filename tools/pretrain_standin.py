@@ -8,7 +8,7 @@ downstream target so that the teacher has never seen it. It gives DRD and the ba
 whose features carry some medical-image knowledge where no FM weights can be downloaded.
 
 Usage:
-    python tools/pretrain_standin.py --exclude busi --output /work/bench/standin_no_busi.pt \
+    python tools/pretrain_standin.py --exclude busi --output bench/standin_no_busi.pt \
         [--image_size 64] [--epochs 3] [--batch_size 32] [--threads 1] [--max_per_dataset 0]
 
 Writes ``<output>`` (the backbone's flat MONAI-``ResNet`` state dict: ``torch.load(weights_only=True)``
