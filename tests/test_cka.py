@@ -98,3 +98,42 @@ def test_bad_inputs():
         cka(torch.randn(3, 3), torch.randn(3, 3), unbiased=True)
     with pytest.raises(ValueError, match="kernel"):
         CKALoss(kernel="poly")
+
+
+def test_feature_space_form_equals_the_gram_form():
+    # n > d takes the d x d cross-covariance path; it must give the Gram-matrix value
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 12, generator=g, dtype=torch.float64)
+    y = x[:, :7] @ torch.randn(7, 9, generator=g, dtype=torch.float64) + torch.randn(300, 9, generator=g, dtype=torch.float64)
+    assert float(cka(x, y)) == pytest.approx(_numpy_cka(x.numpy(), y.numpy()), abs=1e-5)
+    # huge activations do not overflow float32
+    assert float(cka(x.float() * 1e18, y.float())) == pytest.approx(float(cka(x, y)), abs=1e-4)
+
+
+def test_batch_of_images_cka_is_near_one_for_unrelated_maps_but_positions_cka_is_not():
+    # the bias the 'positions' mode and the unbiased estimator exist for: 8 images of unrelated,
+    # high-dimensional random maps look "similar" to biased image-level CKA
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(8, 32, 16, 16, generator=g)
+    b = torch.randn(8, 64, 16, 16, generator=g)
+    assert float(CKALoss().similarity(a, b)) > 0.8
+    assert float(CKALoss(unbiased=True).similarity(a, b)) < 0.1
+    assert float(CKALoss(samples="positions").similarity(a, b)) < 0.1
+
+
+def test_positions_mode_invariances_and_errors():
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(4, 16, 8, 8, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    rotated = torch.einsum("dc,bchw->bdhw", q, a) * 5.0  # orthogonal channel mix + isotropic scale
+    loss = CKALoss(samples="positions", max_positions=None)
+    assert float(loss(a, rotated)) == pytest.approx(0.0, abs=1e-5)
+    # a spatial shuffle of one side destroys the position-wise correspondence
+    shuffled = a.flatten(2)[:, :, torch.randperm(64, generator=g)].reshape_as(a)
+    assert float(loss(a, shuffled)) > 0.5
+    # sampled positions: the same positions are taken on both sides
+    assert float(CKALoss(samples="positions", max_positions=50)(a, rotated)) == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="spatial sizes must match"):
+        loss(a, torch.randn(4, 16, 4, 4))
+    with pytest.raises(ValueError, match="samples must be"):
+        CKALoss(samples="pixels")
