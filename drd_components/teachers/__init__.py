@@ -17,5 +17,6 @@ from drd_components.teachers.pmc_clip import PMCCLIPTeacher
 from drd_components.teachers.radimagenet import RadImageNetDenseNet121Teacher
 from drd_components.teachers.medical_sam_adapter import MedicalSAMAdapterTeacher
 from drd_components.teachers.sam_vit import MedSAMTeacher
+from drd_components.teachers.litemedsam import LiteMedSAMTeacher
 from drd_components.teachers.sat import SATTeacher
 from drd_components.teachers.swin_umamba import SwinUMambaTeacher
