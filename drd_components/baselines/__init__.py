@@ -21,7 +21,7 @@ train_rd               DRD with one projector at the last stage, alpha=1,     ``
 train_drd_no_cka/kl/   DRDLoss ``use_cka`` / ``use_kl`` / ``use_hybrid`` off  ``model.pt``
 hybrid                 (no_hybrid drops the hybrid *task* term; the hybrid
                        paths still exist and still feed the KL term)
-train_drd_cache        DRD with the teacher-feature cache                     ``model.pt``
+train_drd_cache        DRD with the multi-view teacher-feature cache          ``model.pt``
 =====================  =====================================================  =====================
 
 LP / FT / LoRA deploy the teacher: their ``network`` is a :class:`TeacherWithHead`, so the
@@ -30,8 +30,9 @@ the bundle's ``evaluate.json`` / ``inference.json`` (student ``model.pt``) do no
 Segmentation: every overlay trains on 2D segmentation bundles (teacher head = light conv decoder
 on the tapped features, KD per voxel, ``kd_mask_key`` restricts it to a voxel mask); 3D works
 through the same code paths (``spatial_dims``) but is not covered by a test. The feature cache
-needs the bundle's ``train#deterministic_transforms`` / ``train#random_transforms`` ids and is
-only equivalent to plain DRD without random *spatial* augmentation (see
+needs the bundle's ``train#deterministic_transforms`` / ``train#random_transforms`` ids; it trains
+on K fixed augmented views per sample (teacher and student see the same view) instead of fresh
+augmentation every epoch (see ``docs/teacher_cache.md`` and
 :mod:`drd_components.engines.feature_cache`).
 """
 

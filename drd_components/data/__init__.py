@@ -20,3 +20,4 @@ from drd_components.data.medmnist import medmnist_datalist, verify_medmnist_md5
 from drd_components.data.mosmed import MOSMED_CLASSES, mosmeddata_datalist
 from drd_components.data.pneumonia import PNEUMONIA_CLASSES, pneumonia_xray_datalist
 from drd_components.data.validation import DataValidationError, check_dataset_dir, validate_datalist
+from drd_components.data.multiview import MultiViewDataset, MultiViewSampler

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.engines.workflow import Workflow
@@ -60,10 +62,23 @@ class DRDTrainer(SupervisedTrainer):
         amp_dtype: autocast dtype; default ``float16`` on CUDA, ``bfloat16`` elsewhere.
         kl_mask_key: optional batch key holding a voxel mask that restricts the KL term
             (e.g. the valid, non-padded image region).
+        hybrid_stages_per_step: k, the number of projected stages whose hybrid paths (and KL
+            terms) run per iteration, drawn uniformly without replacement from the N projected
+            stages; their hybrid and KL sums are scaled by ``N / k`` so that their expectation
+            equals the full DRD loss. ``None`` (or ``k >= N``) runs all N: exact DRD. CKA is
+            computed for every stage either way. The draw of iteration ``t`` depends only on
+            ``(hybrid_seed, t)``, so a resumed run repeats it; it is kept in
+            ``engine.state.hybrid_stages`` (student stage indices).
+        hybrid_seed: seed of the hybrid-stage draws (the bundles pass the run's ``seed``).
         kwargs: every other :class:`monai.engines.SupervisedTrainer` argument.
+
+    A training data loader whose sampler has ``set_epoch`` (e.g.
+    :class:`~drd_components.data.multiview.MultiViewSampler`) gets ``set_epoch(epoch)`` at every
+    epoch start (MONAI does the same for ``DistributedSampler``).
 
     Raises:
         TypeError: when the network has no staged interface or the loss is not a ``DRDLoss``.
+        ValueError: for ``hybrid_stages_per_step < 1``.
     """
 
     def __init__(
@@ -81,6 +96,8 @@ class DRDTrainer(SupervisedTrainer):
         amp: bool = False,
         amp_dtype: torch.dtype | str | None = None,
         kl_mask_key: str | None = None,
+        hybrid_stages_per_step: int | None = None,
+        hybrid_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         core = getattr(network, "module", network)  # DistributedDataParallel wraps the student
@@ -91,6 +108,8 @@ class DRDTrainer(SupervisedTrainer):
             raise TypeError(f"loss_function must be a DRDLoss, got {type(loss_function).__name__}.")
         if kwargs.get("compile"):
             raise ValueError("DRDTrainer does not support compile=True; compile the student's stages instead.")
+        if hybrid_stages_per_step is not None and int(hybrid_stages_per_step) < 1:
+            raise ValueError(f"hybrid_stages_per_step must be >= 1 or None, got {hybrid_stages_per_step}.")
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -116,7 +135,13 @@ class DRDTrainer(SupervisedTrainer):
         self.amp_device_type = device_type
         self.amp_dtype = amp_dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
         self.kl_mask_key = kl_mask_key
+        self.hybrid_stages_per_step = None if hybrid_stages_per_step is None else int(hybrid_stages_per_step)
+        self.hybrid_seed = int(hybrid_seed)
         self.state.drd_terms = {}
+        self.state.hybrid_stages = list(projectors.student_stages)
+        sampler = getattr(train_data_loader, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)) and not isinstance(sampler, torch.utils.data.DistributedSampler):
+            self.add_event_handler(Events.EPOCH_STARTED, lambda engine: sampler.set_epoch(engine.state.epoch))
 
     @property
     def student(self) -> nn.Module:
@@ -128,6 +153,20 @@ class DRDTrainer(SupervisedTrainer):
         epoch_length = self.state.epoch_length or 1
         total = max(int(self.state.max_epochs or 1) * int(epoch_length), 1)
         return (max(self.state.iteration, 1) - 1) / max(total - 1, 1)
+
+    def draw_hybrid_stages(self, iteration: int | None = None) -> list[int]:
+        """Positions (into ``projectors.student_stages``) of the stages whose hybrid paths run at
+        ``iteration`` (default: the current one): all of them, or k drawn uniformly without
+        replacement (``hybrid_stages_per_step``), sorted, from a generator seeded by
+        ``(hybrid_seed, iteration)``."""
+        n = len(self.projectors.student_stages)
+        k = self.hybrid_stages_per_step
+        if k is None or k >= n:
+            return list(range(n))
+        it = int(self.state.iteration if iteration is None else iteration)
+        seed = int(np.random.SeedSequence([self.hybrid_seed, it, 0x44524421]).generate_state(1)[0])
+        g = torch.Generator().manual_seed(seed)
+        return sorted(torch.randperm(n, generator=g)[:k].tolist())
 
     def compute_teacher_features(self, inputs: torch.Tensor, batchdata: Any = None) -> list[torch.Tensor]:
         """Teacher features for ``inputs`` (override to serve them from a cache)."""
@@ -203,8 +242,10 @@ class DRDTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             stages = engine.projectors.student_stages
             reprogrammed = engine.projectors(teacher_feats, s_feats)
+            drawn = engine.draw_hybrid_stages()
+            engine.state.hybrid_stages = [stages[j] for j in drawn]
             with running_stats_frozen(student):
-                hybrids = [student.forward_from(i, r, s_feats) for i, r in zip(stages, reprogrammed)]
+                hybrids = [student.forward_from(stages[j], reprogrammed[j], s_feats) for j in drawn]
             terms = engine.loss_function(
                 pred,
                 targets,
@@ -215,6 +256,7 @@ class DRDTrainer(SupervisedTrainer):
                 beta=beta,
                 mask=mask,
                 stage_ids=stages,
+                hybrid_scale=DRDLoss.subset_scale(len(stages), len(drawn)),
             )
         loss = terms["loss"]
         if not torch.isfinite(loss):

@@ -116,6 +116,7 @@ class DRDLoss(nn.Module):
         beta: float = 1.0,
         mask: torch.Tensor | None = None,
         stage_ids: Sequence[int] | None = None,
+        hybrid_scale: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Compute every term.
 
@@ -129,6 +130,10 @@ class DRDLoss(nn.Module):
             beta: KL weight now.
             mask: optional voxel mask for the KL term.
             stage_ids: student stage index of each feature pair (names the ``cka_stage<i>`` entries).
+            hybrid_scale: factor on the hybrid-task and KL sums. When ``hybrid_outputs`` holds the
+                hybrid paths of k stages drawn uniformly without replacement from N, ``N / k``
+                makes the expected value of both terms equal to their sum over all N stages
+                (:meth:`subset_scale`; ``DRDTrainer(hybrid_stages_per_step=k)`` does this).
 
         Returns:
             dict with ``loss`` (the total), the weighted terms ``loss_task``, ``loss_hybrid``,
@@ -147,11 +152,15 @@ class DRDLoss(nn.Module):
         hybrid = zero
         if self.use_hybrid and hybrid_outputs:
             hybrid = torch.stack([self.task_loss(z, target).mean() for z in hybrid_outputs]).sum()
+            if hybrid_scale != 1.0:
+                hybrid = hybrid * hybrid_scale
         kl = zero
         if self.use_kl and hybrid_outputs:
             kl = torch.stack(
                 [softened_kl(z, student_output, self.temperature, mask) for z in hybrid_outputs]
             ).sum()
+            if hybrid_scale != 1.0:
+                kl = kl * hybrid_scale
         terms: dict[str, torch.Tensor] = {}
         cka_term = zero
         if reprogrammed_features:
@@ -170,3 +179,15 @@ class DRDLoss(nn.Module):
         out["loss"] = out["loss_task"] + out["loss_hybrid"] + out["loss_kl"] + out["loss_cka"]
         out.update(terms)
         return out
+
+    @staticmethod
+    def subset_scale(num_stages: int, num_drawn: int) -> float:
+        """``N / k``: the factor that makes the hybrid and KL sums over k of N uniformly drawn
+        stages unbiased estimates of the sums over all N (each stage is drawn with probability k / N).
+
+        Raises:
+            ValueError: unless ``1 <= num_drawn <= num_stages``.
+        """
+        if not 1 <= num_drawn <= num_stages:
+            raise ValueError(f"need 1 <= k <= N, got k={num_drawn}, N={num_stages}.")
+        return num_stages / num_drawn

@@ -30,6 +30,7 @@ COMMON_HYPER = {
     "alpha_end": (0.0, "hybrid-path task-loss weight at the last iteration"),
     "beta_start": (1.0, "KL weight at the first iteration (linear schedule)"),
     "beta_end": (0.0, "KL weight at the last iteration"),
+    "hybrid_stages_per_step": (None, "hybrid paths + KL on k of the N projected stages per iteration, drawn uniformly, scaled by N/k (null: all N, exact DRD)"),
     "progress_bar": (True, "tqdm progress bar over the iterations of each epoch (rank 0)"),
     "resume": (True, "continue from the newest `resume_checkpoint_epoch=N.pt` in `ckpt_dir` when one exists (model, projectors, optimizer, scheduler, epoch, best metric)"),
     "validate_sample": ("all", "items per split whose files are decoded by the start-up datalist check (`all`, or a number; existence is always checked for every item)"),
@@ -366,6 +367,7 @@ def train_config(spec: BundleSpec) -> dict:
             "teacher": "@teacher", "projectors": "@projectors",
             "alpha_schedule": {"_target_": "drd_components.losses.LinearSchedule", "start": "@alpha_start", "end": "@alpha_end"},
             "beta_schedule": {"_target_": "drd_components.losses.LinearSchedule", "start": "@beta_start", "end": "@beta_end"},
+            "hybrid_stages_per_step": "@hybrid_stages_per_step", "hybrid_seed": "@seed",
             "amp": "@amp", "inferer": "@train#inferer", "postprocessing": "@train#postprocessing",
             "key_train_metric": "@train#key_metric", "train_handlers": "@train#handlers"},
     }
