@@ -62,6 +62,8 @@ def render(spec: BundleSpec) -> dict[str, str]:
         "LICENSE": documents.licence(spec),
         "large_files.yml": documents.large_files(spec),
     }
+    for overlay in configs.offline_teacher_overlays(spec):  # real teachers fetched from the package index
+        files[f"configs/{overlay}"] = _dump(configs.offline_teacher_config(spec, overlay))
     if OVERLAYS.is_dir():  # generic baseline/ablation overlays: the same file in every bundle
         for overlay in sorted(OVERLAYS.glob("*.json")):
             files[f"configs/{overlay.name}"] = overlay.read_text()

