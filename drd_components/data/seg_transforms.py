@@ -59,7 +59,9 @@ class LoadUnionMaskd(MapTransform):
         remove_source: drop the list of mask files from the item (lists of different lengths
             cannot be collated into a batch).
         threshold: a pixel is foreground when its value is above this (0 for lossless masks; use
-            e.g. 127 for JPEG-compressed 0/255 masks, whose edges carry compression noise).
+            e.g. 127 for JPEG-compressed 0/255 masks, whose edges carry compression noise). A mask
+            whose values are all 0 or 1 (0/1 PNG, 1-bit PNG) is compared with 0 instead, so that
+            a threshold meant for 0/255 masks does not turn it into an empty label.
         allow_missing_keys: skip items without ``keys``.
 
     Raises:
@@ -91,7 +93,9 @@ class LoadUnionMaskd(MapTransform):
             union = None
             for f in files:
                 m = self.loader(f)
-                m = (m.amax(dim=0, keepdim=True) if m.shape[0] > 1 else m) > self.threshold
+                m = m.amax(dim=0, keepdim=True) if m.shape[0] > 1 else m
+                # 0/1 (or 1-bit) masks: every 1 is foreground, whatever the threshold for 0/255 masks
+                m = m > (self.threshold if float(m.max()) > 1 else 0.0)
                 if union is not None and union.shape != m.shape:
                     raise ValueError(f"mask '{f}' is {tuple(m.shape[1:])}, the other masks of its image {tuple(union.shape[1:])}.")
                 union = m if union is None else (union | m)

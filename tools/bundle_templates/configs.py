@@ -224,15 +224,34 @@ def _postprocessing(spec: BundleSpec) -> dict:
         {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": "@num_classes"}]}
 
 
+#: ``dataset.key`` of bundles made by ``tools.generate_bundles new``: they read a user datalist only
+USER_DATASET_KEY = "user_datalist"
+
+
+def user_datalist_expression(spec: BundleSpec) -> str:
+    """The call reading ``--datalist_file`` (a Decathlon-format JSON; relative paths: its folder, then ``dataset_dir``)."""
+    mask_key = spec.extras.get("mask_key", "label") if spec.task == "segmentation" else "label"
+    return ("drd_components.data.user_datalist.load_user_datalist(@datalist_file, @dataset_dir, @output_dir + '/datalist.json', "
+            f"task=@task, class_names=@class_names, mask_key='{mask_key}')")
+
+
 def _validated_datalist(spec: BundleSpec) -> str:
-    """The dataset's datalist call wrapped in the start-up check (missing/corrupt files, channels, sizes, labels)."""
+    """The dataset's datalist call wrapped in the start-up check (missing/corrupt files, channels, sizes, labels).
+
+    With ``--datalist_file`` the user's datalist replaces the dataset's reader and split (same check;
+    it must have training, validation and test)."""
     args = ["task=@task", "num_classes=@num_classes", "in_channels=@in_channels", "spatial_dims=@spatial_dims", "sample=@validate_sample"]
     if spec.spatial_dims == 2:
         args.append("accepted_channels=[1, 3, 4]")  # AdaptChannelsd follows the loader
     if spec.task == "segmentation" and (spec.spatial_dims == 2 or spec.extras.get("select_labels")):
         # binary masks with 0/255 values (2D), or a multi-organ map reduced by SelectLabeld: size checks only
         args += ["label_key=None", f"mask_keys=['{spec.extras.get('mask_key', 'label')}']"]
-    return f"$drd_components.data.validation.validate_datalist({spec.dataset.datalist[1:]}, {', '.join(args)})"
+    args.append("required_splits=drd_components.data.user_datalist.required_splits(@datalist_file)")
+    if spec.dataset.key == USER_DATASET_KEY:
+        source = user_datalist_expression(spec)
+    else:
+        source = f"{user_datalist_expression(spec)} if @datalist_file else {spec.dataset.datalist[1:]}"
+    return f"$drd_components.data.validation.validate_datalist({source}, {', '.join(args)})"
 
 
 def _teacher_def(spec: BundleSpec) -> dict:
@@ -259,7 +278,8 @@ def _network_def(spec: BundleSpec) -> dict:
 
 
 def imports(spec: BundleSpec, extra: tuple[str, ...] = ()) -> list[str]:
-    mods = ["os", "torch", "ignite", "ignite.handlers", "monai", "drd_components", spec.dataset.module, "drd_components.networks.reprogramming",
+    mods = ["os", "torch", "ignite", "ignite.handlers", "monai", "drd_components", spec.dataset.module, "drd_components.data.user_datalist",
+            "drd_components.networks.reprogramming",
             "drd_components.handlers.training_curves",
             "drd_components.data.validation", "drd_components.handlers.resume", "drd_components.handlers.determinism"]
     if spec.task == "segmentation":
@@ -284,6 +304,7 @@ def train_config(spec: BundleSpec) -> dict:
         "imports": imports(spec),
         "bundle_root": ".",
         "dataset_dir": spec.dataset.dataset_dir,
+        "datalist_file": None,  # your own Decathlon-format datalist: replaces the dataset's reader and split
         "output_dir": "$@bundle_root + '/models'",
         "ckpt_dir": "@output_dir",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",

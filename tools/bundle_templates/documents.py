@@ -224,6 +224,9 @@ def readme(spec: BundleSpec, train: dict) -> str:
 
     out += ["## Training configuration", "", "| id | default | meaning |", "|---|---|---|",
             f"| `dataset_dir` | `{spec.dataset.dataset_dir}` | the dataset in its official layout |",
+            "| `datalist_file` | `null` | your own datalist (MONAI Decathlon format: `training` / `validation` / `test` lists of "
+            "`{\"image\", \"label\"}`, paths relative to the JSON's folder or to `dataset_dir`; `tools/make_datalist.py` writes one, "
+            "split by patient/video when given a grouping): replaces the dataset's reader and split, same start-up check |",
             "| `output_dir` | `<bundle>/models` | checkpoints (`model.pt` = best student by the key validation metric, "
             "`resume_checkpoint_epoch=N.pt`), TensorBoard logs, `datalist.json` |",
             f"| `{size_id(spec)}` | {_value(list(spec.size))} | {'training patch size' if size_id(spec) == 'patch_size' else 'student input size'} (`train_size` refers to it) |",
@@ -260,6 +263,8 @@ def readme(spec: BundleSpec, train: dict) -> str:
             f"python -m monai.bundle run training --config_file \"['configs/train.json','configs/train_drd_cache.json']\" {data}",
             "# multi-GPU (one process per GPU)",
             f"torchrun --nproc_per_node=2 -m monai.bundle run training --config_file \"['configs/train.json','configs/multi_gpu_train.json']\" {data}",
+            "# your own data instead (Decathlon-format datalist, e.g. from tools/make_datalist.py; same for evaluation)",
+            "python -m monai.bundle run training --config_file configs/train.json --datalist_file /data/mine/datalist.json",
             "# evaluate the best checkpoint on the test split (writes <output_dir>/eval/metrics.csv)",
             f"python -m monai.bundle run --config_file \"['configs/train.json','configs/evaluate.json']\" {data}",
             f"# inference on a file or folder of {'NIfTI files or DICOM series' if spec.spatial_dims == 3 else 'PNG/JPEG images'} "
