@@ -11,6 +11,7 @@ from drd_components.teachers.checkpoint import (
 )
 from drd_components.teachers.preprocessing import TeacherPreprocessing
 from drd_components.teachers.standin import ResNetStandInTeacher
+from drd_components.teachers.custom import CustomTeacher
 from drd_components.teachers.lvm_med import LVMMedResNet50Teacher
 from drd_components.teachers.merlin import MerlinTeacher
 from drd_components.teachers.pmc_clip import PMCCLIPTeacher

