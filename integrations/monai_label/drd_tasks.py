@@ -9,6 +9,8 @@
   maps one to the other (:func:`monailabel_to_bundle_datalist`).
 * Classification bundles: :class:`DRDClassificationInferTask` returns the class probabilities as the
   JSON result instead of writing a label image.
+* :class:`DRDSegmentationInferTask` is the stock ``BundleInferTask`` writing ``uint8`` label maps: the stock
+  writer keeps the bundle's float output, which ITK refuses to write as PNG (2D bundles on PNG/JPEG images).
 
 The ``monailabel`` package is imported lazily: :func:`monailabel_to_bundle_datalist` and
 :func:`bundle_labels` work without it; the task classes need it (``pip install monailabel``; see
@@ -74,7 +76,7 @@ def make_tasks():
     """Define the MONAI Label task classes (needs ``monailabel``).
 
     Returns:
-        ``(DRDBundleTrainTask, DRDClassificationInferTask)``.
+        ``(DRDBundleTrainTask, DRDClassificationInferTask, DRDSegmentationInferTask)``.
 
     Raises:
         ImportError: when monailabel is not installed.
@@ -111,4 +113,25 @@ def make_tasks():
             result["prediction"] = self.class_names[int(probs.argmax())]
             return None, result
 
-    return DRDBundleTrainTask, DRDClassificationInferTask
+    class DRDSegmentationInferTask(BundleInferTask):
+        """``BundleInferTask`` for the 2D/3D segmentation bundles as MONAI Label's writer needs them: a 2D
+        label without its channel axis (``Restored`` drops it for 3D labels only, and the writer would
+        take ``1 x H x W`` for a volume) and ``uint8`` values unless the request asks for another
+        ``result_dtype`` (the stock writer keeps the bundle's float output, which ITK cannot write as PNG)."""
+
+        def post_transforms(self, data=None):
+            from monai.transforms import SqueezeDimd
+
+            post = list(super().post_transforms(data))
+            if self.dimension == 2:  # Restored keeps the channel of 2D labels; the writer wants H x W
+                post.append(SqueezeDimd(keys=self.key_pred, dim=0))
+            return post
+
+        def writer(self, data, extension=None, dtype=None):
+            import numpy as np
+
+            if dtype is None and not data.get("result_dtype"):
+                dtype = np.uint8
+            return super().writer(data, extension=extension, dtype=dtype)
+
+    return DRDBundleTrainTask, DRDClassificationInferTask, DRDSegmentationInferTask
