@@ -4,6 +4,8 @@ Usage:
     python -m tools.generate_bundles generate [--names busi_ultrasound_classification,...]
     python -m tools.generate_bundles check      # exit 1 and list the files that differ
     python -m tools.generate_bundles list       # the 18 bundles and their state
+    python -m tools.generate_bundles new <name> --task segmentation --spatial_dims 2 --num_classes 2 \
+        --teacher medsam --student shufflenet_unet [--datalist_file d.json] [--output_dir dir]   # your own task
 
 Every file of a bundle except ``models/`` content is generated: configs (train, evaluate,
 inference, multi_gpu_train, the baseline/ablation overlays, teacher_standin, metadata,
@@ -152,5 +154,65 @@ def list_bundles(bundles_dir: str | os.PathLike = REPO_ROOT / "bundles") -> None
     print(bundle_table(bundles_dir))
 
 
+def new(
+    name: str,
+    task: str,
+    spatial_dims: int,
+    num_classes: int,
+    teacher: str,
+    student: str | None = None,
+    class_names: list | tuple | None = None,
+    in_channels: int = 1,
+    size: list | tuple | None = None,
+    modality: str = "OT",
+    intensity: str = "scale",
+    spacing: list | tuple | None = None,
+    teacher_size: int | list | None = None,
+    datalist_file: str | None = None,
+    output_dir: str | os.PathLike = ".",
+    overwrite: bool = False,
+) -> str:
+    """Write a complete new bundle for your own task and data (``<output_dir>/<name>``).
+
+    Same templates as the 18 bundles: train/evaluate/inference/multi-GPU configs, the baseline, ablation and
+    teacher overlays (``teacher_standin.json``, ``teacher_custom.json``), metadata, README with every
+    hyper-parameter, licences, ``large_files.yml``. The bundle reads a Decathlon-format datalist
+    (``--datalist_file``; written into ``configs/train.json`` as the default when given here).
+
+    Example:
+        python -m tools.generate_bundles new my_polyp_segmentation --task segmentation --spatial_dims 2 \
+            --num_classes 2 --teacher medsam --student shufflenet_unet --in_channels 3 --size "[256,256]" \
+            --datalist_file /data/polyps/datalist.json --output_dir ~/bundles
+
+    Arguments: see :func:`tools.bundle_templates.new_bundle.new_bundle_spec` (teachers: the eight foundation
+    models by key, ``standin`` or ``custom``; students: resnet18, shufflenet_unet, vit_tiny, unet).
+
+    Returns:
+        the bundle folder.
+    """
+    from tools.bundle_templates.new_bundle import new_bundle_spec
+
+    spec = new_bundle_spec(name, task, int(spatial_dims), int(num_classes), teacher, student, class_names, int(in_channels), size,
+                           modality, intensity, spacing, teacher_size)
+    root = Path(output_dir).expanduser() / spec.name
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise SystemExit(f"{root} exists and is not empty: choose another --output_dir or pass --overwrite True.")
+    if Path(output_dir).expanduser().resolve() == (REPO_ROOT / "bundles").resolve():
+        raise SystemExit("bundles/ holds the generated collection (tests/test_bundle_generator.py checks it): write new bundles elsewhere.")
+    files = render(spec)
+    if datalist_file:
+        train = json.loads(files["configs/train.json"])
+        train["datalist_file"] = str(Path(datalist_file).expanduser().resolve())
+        files["configs/train.json"] = _dump(train)
+    for rel, text in files.items():
+        _write_atomic(root / rel, text)
+    (root / "models").mkdir(exist_ok=True)
+    print(f"wrote {root} ({len(files)} files): {spec.spatial_dims}D {spec.task}, {len(spec.class_names)} classes, "
+          f"teacher {spec.teacher.key}, student {spec.student_title.split(' (')[0]}")
+    print(f"train: cd {root} && python -m monai.bundle run training --config_file configs/train.json"
+          + ("" if datalist_file else " --datalist_file <datalist.json>"))
+    return str(root)
+
+
 if __name__ == "__main__":
-    fire.Fire({"generate": generate, "check": check, "list": list_bundles})
+    fire.Fire({"generate": generate, "check": check, "list": list_bundles, "new": new})

@@ -75,7 +75,7 @@ def _resolve(path: str, bases: Sequence[Path]) -> str:
 
 
 def load_user_datalist(
-    datalist_file: str | os.PathLike,
+    datalist_file: str | os.PathLike | None,
     dataset_dir: str | os.PathLike | None = None,
     output_file: str | os.PathLike | None = None,
     task: str = "segmentation",
@@ -113,6 +113,9 @@ def load_user_datalist(
     """
     if task not in ("classification", "segmentation"):
         raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}.")
+    if datalist_file is None or str(datalist_file).strip() == "":
+        raise DataValidationError(["'datalist_file' is not set: this bundle reads your own data; pass --datalist_file "
+                                   "<Decathlon-format JSON> (tools/make_datalist.py writes one)."])
     path = Path(datalist_file).expanduser()
     if not path.is_file():
         raise DataValidationError([f"'datalist_file' = '{path.absolute()}' does not exist: expected a Decathlon-format "
