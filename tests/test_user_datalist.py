@@ -92,6 +92,9 @@ def test_make_datalist_groups_by_file_name_regex(tmp_path):
         assert rec["image"].startswith("images/") and rec["label"].startswith("masks/")  # relative to the JSON's folder
         assert Path(rec["image"]).name.startswith(rec["group"])
 
+    small = make_datalist(img_dir, tmp_path / "small.json", mask_dir=mask_dir, group_regex=r"^(video\d+)_", max_items=8)
+    assert sum(p["items"] for p in small["parts"].values()) == 9 and small["leaked_groups"] == []  # whole videos of 3 frames
+
     with pytest.raises(ValueError, match="does not match 18 file name"):
         make_datalist(img_dir, tmp_path / "x.json", mask_dir=mask_dir, group_regex=r"^patient(\d+)")
 

@@ -16,7 +16,8 @@ Usage:
 Then train any bundle on it: ``python -m monai.bundle run training --config_file configs/train.json
 --datalist_file /data/polyps/datalist.json``. With a grouping no group is in more than one split (each
 record keeps its ``group``); without one the split is random (stratified by class for
-classification). Paths are written relative to the JSON file's folder (``--base_dir <dir>``: relative to
+classification; ``--max_items N`` keeps about N items, whole groups, for a quick trial). Paths are written
+relative to the JSON file's folder (``--base_dir <dir>``: relative to
 that folder, given to the bundle as ``--dataset_dir``; ``--absolute_paths``: absolute). The logic is
 :func:`drd_components.data.user_datalist.make_datalist`.
 """
@@ -50,10 +51,12 @@ def main(
     base_dir: str | None = None,
     absolute_paths: bool = False,
     extensions: list | tuple = IMAGE_EXTENSIONS,
+    max_items: int | None = None,
 ) -> None:
     """Write the datalist and print its split (see the module docstring)."""
     summary = make_datalist(image_dir, output_file, mask_dir, mask_suffix, class_names, group_regex, group_csv, group_column,
-                            csv_image_column, val_fraction, test_fraction, seed, base_dir, absolute_paths, tuple(extensions))
+                            csv_image_column, val_fraction, test_fraction, seed, base_dir, absolute_paths, tuple(extensions),
+                            max_items)
     print(f"wrote {summary['output_file']} ({summary['task']}"
           + (f", classes {summary['class_names']}" if summary["class_names"] else "") + ")")
     for name, entry in summary["parts"].items():

@@ -421,6 +421,23 @@ def groups_from_csv(
     return records
 
 
+def _subset(records: list[dict], max_items: int, group_key: str | None, seed: int) -> list[dict]:
+    """Whole groups (or items) drawn with ``seed`` until ``max_items`` items are kept."""
+    if max_items < 1:
+        raise ValueError(f"max_items must be positive, got {max_items}.")
+    by_group: dict[str, list[dict]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        by_group[str(rec[group_key]) if group_key else str(i)].append(rec)
+    order = sorted(by_group)
+    random.Random(seed).shuffle(order)
+    kept: list[dict] = []
+    for g in order:
+        if len(kept) >= max_items:
+            break
+        kept += by_group[g]
+    return kept
+
+
 def _relative(path: str, base: Path | None) -> str:
     if base is None:
         return str(Path(path).resolve())
@@ -444,6 +461,7 @@ def make_datalist(
     base_dir: str | os.PathLike | None = None,
     absolute_paths: bool = False,
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    max_items: int | None = None,
 ) -> dict:
     """Write a Decathlon-format datalist (training / validation / test) from a folder.
 
@@ -470,6 +488,8 @@ def make_datalist(
             (default: relative to the JSON file's folder).
         absolute_paths: write absolute paths instead.
         extensions: accepted image file endings.
+        max_items: keep about this many items, for quick trials: whole groups (or single items without a
+            grouping) drawn with ``seed`` until the count is reached; ``None``: all.
 
     Returns:
         a summary: the output file, the task, the class names, :func:`split_summary`.
@@ -493,6 +513,8 @@ def make_datalist(
         groups_from_regex(records, group_regex)
     elif group_csv:
         groups_from_csv(records, group_csv, str(group_column), csv_image_column)
+    if max_items is not None:
+        records = _subset(records, int(max_items), "group" if grouped else None, seed)
     fractions = {"training": 1.0 - val_fraction - test_fraction, "validation": val_fraction, "test": test_fraction}
     if grouped:
         parts = grouped_split(records, "group", fractions, seed)
