@@ -127,6 +127,11 @@ def test_monailabel_server_serves_drd_bundles(monailabel_python, tmp_path):
         status, ctype, body = _post_file(f"{base}/infer/{SEG}?output=image", image)
         assert status == 200 and ctype.startswith("image/png"), ctype
         label = np.asarray(Image.open(io.BytesIO(body)))
+        jpeg = tmp_path / "case.jpg"  # a JPEG image gets a PNG label (MONAI Label would keep .jpg: a lossy label map)
+        Image.fromarray(img[:, 6:42]).save(jpeg, quality=95)
+        status, ctype, body = _post_file(f"{base}/infer/{SEG}?output=image", jpeg)
+        assert status == 200 and ctype.startswith("image/png"), ctype
+        assert np.asarray(Image.open(io.BytesIO(body))).shape == (48, 36)
         status, _, body = _post_file(f"{base}/infer/{CLS}?output=json", image)
         result = json.loads(body)
     finally:

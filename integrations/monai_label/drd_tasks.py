@@ -116,8 +116,9 @@ def make_tasks():
     class DRDSegmentationInferTask(BundleInferTask):
         """``BundleInferTask`` for the 2D/3D segmentation bundles as MONAI Label's writer needs them: a 2D
         label without its channel axis (``Restored`` drops it for 3D labels only, and the writer would
-        take ``1 x H x W`` for a volume) and ``uint8`` values unless the request asks for another
-        ``result_dtype`` (the stock writer keeps the bundle's float output, which ITK cannot write as PNG)."""
+        take ``1 x H x W`` for a volume), ``uint8`` values unless the request asks for another ``result_dtype``
+        (the stock writer keeps the bundle's float output, which ITK cannot write as PNG), and PNG instead of
+        JPEG for labels of JPEG images (the stock writer keeps the input's extension: a lossy label map)."""
 
         def post_transforms(self, data=None):
             from monai.transforms import SqueezeDimd
@@ -132,6 +133,9 @@ def make_tasks():
 
             if dtype is None and not data.get("result_dtype"):
                 dtype = np.uint8
+            image = str(data.get("image_path") or "").lower()
+            if extension is None and not data.get("result_extension") and image.endswith((".jpg", ".jpeg")):
+                extension = ".png"  # a label map must not be written lossy (MONAI Label keeps the input's extension)
             return super().writer(data, extension=extension, dtype=dtype)
 
     return DRDBundleTrainTask, DRDClassificationInferTask, DRDSegmentationInferTask
