@@ -136,3 +136,46 @@ def test_rejects_non_staged_network_and_wrong_loss():
         DRDTrainer("cpu", 1, [], torch.nn.Linear(2, 2), trainer.optimizer, trainer.loss_function, teacher, projectors)
     with pytest.raises(TypeError, match="DRDLoss"):
         DRDTrainer("cpu", 1, [], student, trainer.optimizer, torch.nn.CrossEntropyLoss(), teacher, projectors)
+
+
+def test_cka_detach_reprogrammed_keeps_cka_gradients_out_of_the_projectors():
+    from drd_components.losses import CKALoss, DRDLoss
+
+    torch.manual_seed(0)
+    r = torch.randn(6, 8, 4, 4, requires_grad=True)
+    s = torch.randn(6, 8, 4, 4, requires_grad=True)
+    for detach, expect_grad in ((False, True), (True, False)):
+        r.grad = s.grad = None
+        loss = DRDLoss(torch.nn.CrossEntropyLoss(), cka_loss=CKALoss(samples="positions"), cka_detach_reprogrammed=detach)
+        out = loss(torch.randn(6, 3), torch.randint(0, 3, (6,)), student_features=[s], reprogrammed_features=[r])
+        out["loss_cka"].backward()
+        assert (r.grad is not None and r.grad.abs().sum() > 0) == expect_grad
+        assert s.grad.abs().sum() > 0  # the student is always pulled toward r
+
+
+def test_teacher_skips_feed_the_reprogrammed_maps_to_the_decoder():
+    from drd_components.engines import DRDTrainer
+    from drd_components.losses import DRDLoss
+    from drd_components.networks import ReprogrammingModule
+    from drd_components.networks.students.shufflenet_unet import StagedShuffleNetV2UNet
+    from drd_components.teachers import ResNetStandInTeacher
+
+    torch.manual_seed(0)
+    student = StagedShuffleNetV2UNet(in_channels=1, out_channels=2)
+    teacher = ResNetStandInTeacher(spatial_dims=2, in_channels=1, block_inplanes=(8, 16, 32, 64))
+    projectors = ReprogrammingModule.from_models(teacher, student, [2, 1, 64, 64])
+    kwargs = dict(device="cpu", max_epochs=1, train_data_loader=[], network=student,
+                  optimizer=torch.optim.SGD(student.parameters(), lr=0.1), loss_function=DRDLoss(torch.nn.CrossEntropyLoss()),
+                  teacher=teacher, projectors=projectors)
+    x = torch.rand(2, 1, 64, 64)
+    s_feats = student.forward_stages(x)
+    r = projectors(teacher.stage_features(x), s_feats)
+    own = DRDTrainer(**kwargs).hybrid_skip_features(r, s_feats)
+    assert all(a is b for a, b in zip(own, s_feats))
+    tskip = DRDTrainer(**kwargs, hybrid_skips="teacher").hybrid_skip_features(r, s_feats)
+    assert all(a is b for a, b in zip(tskip, r))
+    # the deepest hybrid path with teacher skips is the frozen-teacher encoder + the student's decoder
+    assert torch.equal(student.forward_from(3, r[3], tskip), student.forward_head(r))
+    rd = ReprogrammingModule.from_models(teacher, student, [2, 1, 64, 64], stages="last")
+    with pytest.raises(ValueError, match="every stage"):
+        DRDTrainer(**{**kwargs, "projectors": rd}, hybrid_skips="teacher")

@@ -70,6 +70,9 @@ class DRDTrainer(SupervisedTrainer):
             ``(hybrid_seed, t)``, so a resumed run repeats it; it is kept in
             ``engine.state.hybrid_stages`` (student stage indices).
         hybrid_seed: seed of the hybrid-stage draws (the bundles pass the run's ``seed``).
+        hybrid_skips: skip features of the hybrid paths below the replaced stage: ``"student"``
+            (the student's own) or ``"teacher"`` (the reprogrammed teacher maps; needs a projector
+            on every stage up to the deepest one). See :meth:`hybrid_skip_features`.
         kwargs: every other :class:`monai.engines.SupervisedTrainer` argument.
 
     A training data loader whose sampler has ``set_epoch`` (e.g.
@@ -98,6 +101,7 @@ class DRDTrainer(SupervisedTrainer):
         kl_mask_key: str | None = None,
         hybrid_stages_per_step: int | None = None,
         hybrid_seed: int = 0,
+        hybrid_skips: str = "student",
         **kwargs: Any,
     ) -> None:
         core = getattr(network, "module", network)  # DistributedDataParallel wraps the student
@@ -135,6 +139,14 @@ class DRDTrainer(SupervisedTrainer):
         self.amp_device_type = device_type
         self.amp_dtype = amp_dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
         self.kl_mask_key = kl_mask_key
+        if hybrid_skips not in ("student", "teacher"):
+            raise ValueError(f"hybrid_skips must be 'student' or 'teacher', got '{hybrid_skips}'.")
+        if hybrid_skips == "teacher" and projectors.student_stages != list(range(len(projectors.student_stages))):
+            raise ValueError(
+                "hybrid_skips='teacher' needs a projector on every stage below the deepest projected one "
+                f"(drd_stages 'all'), got stages {projectors.student_stages}."
+            )
+        self.hybrid_skips = hybrid_skips
         self.hybrid_stages_per_step = None if hybrid_stages_per_step is None else int(hybrid_stages_per_step)
         self.hybrid_seed = int(hybrid_seed)
         self.state.drd_terms = {}
@@ -171,6 +183,16 @@ class DRDTrainer(SupervisedTrainer):
     def compute_teacher_features(self, inputs: torch.Tensor, batchdata: Any = None) -> list[torch.Tensor]:
         """Teacher features for ``inputs`` (override to serve them from a cache)."""
         return self.teacher.stage_features(inputs)
+
+    def hybrid_skip_features(self, reprogrammed: list[torch.Tensor], student_features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Stage outputs a hybrid path takes below its replaced stage (the skips of a segmentation
+        decoder): the student's own (``hybrid_skips="student"``) or the reprogrammed teacher maps
+        (``"teacher"``: hybrid path ``i`` then sees teacher knowledge at every level up to ``i``, the
+        deepest one is the frozen-teacher encoder with the student's decoder). Classifier heads read
+        the last stage only, so the choice does not change them."""
+        if self.hybrid_skips == "teacher":
+            return list(reprogrammed) + list(student_features[len(reprogrammed):])
+        return student_features
 
     def _trainable(self) -> list[nn.Parameter]:
         params = list(self.student.parameters()) + list(self.projectors.parameters())
@@ -245,7 +267,8 @@ class DRDTrainer(SupervisedTrainer):
             drawn = engine.draw_hybrid_stages()
             engine.state.hybrid_stages = [stages[j] for j in drawn]
             with running_stats_frozen(student):
-                hybrids = [student.forward_from(stages[j], reprogrammed[j], s_feats) for j in drawn]
+                skips = engine.hybrid_skip_features(reprogrammed, s_feats)
+                hybrids = [student.forward_from(stages[j], reprogrammed[j], skips) for j in drawn]
             terms = engine.loss_function(
                 pred,
                 targets,

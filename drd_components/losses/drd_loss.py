@@ -84,6 +84,10 @@ class DRDLoss(nn.Module):
         use_hybrid: include the hybrid task term (ablation switch).
         use_kl: include the KL term (ablation switch).
         use_cka: include the CKA term (ablation switch).
+        cka_detach_reprogrammed: stop the CKA gradient at ``r_i``: the projectors then learn from the
+            hybrid paths alone (they reprogram the teacher for the task) and CKA only moves the
+            student toward them. Without it the projectors can raise CKA by imitating the student,
+            which makes the term easy to satisfy without moving the student.
     """
 
     def __init__(
@@ -95,8 +99,10 @@ class DRDLoss(nn.Module):
         use_hybrid: bool = True,
         use_kl: bool = True,
         use_cka: bool = True,
+        cka_detach_reprogrammed: bool = False,
     ) -> None:
         super().__init__()
+        self.cka_detach_reprogrammed = bool(cka_detach_reprogrammed)
         self.task_loss = task_loss
         self.cka_loss = cka_loss if cka_loss is not None else CKALoss()
         self.lambda_cka = float(lambda_cka)
@@ -164,7 +170,10 @@ class DRDLoss(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         cka_term = zero
         if reprogrammed_features:
-            dissim = [self.cka_loss(r, s) for r, s in zip(reprogrammed_features, student_features)]
+            dissim = [
+                self.cka_loss(r.detach() if self.cka_detach_reprogrammed else r, s)
+                for r, s in zip(reprogrammed_features, student_features)
+            ]
             ids = list(stage_ids) if stage_ids is not None else list(range(len(dissim)))
             for i, d in zip(ids, dissim):
                 terms[f"cka_stage{i}"] = (1.0 - d).detach()
