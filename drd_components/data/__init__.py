@@ -21,3 +21,4 @@ from drd_components.data.mosmed import MOSMED_CLASSES, mosmeddata_datalist
 from drd_components.data.pneumonia import PNEUMONIA_CLASSES, pneumonia_xray_datalist
 from drd_components.data.validation import DataValidationError, check_dataset_dir, validate_datalist
 from drd_components.data.multiview import MultiViewDataset, MultiViewSampler
+from drd_components.data import user_datalist
