@@ -240,8 +240,39 @@ def build_student(task: dict, arch: str | None = None):
     raise ValueError(arch)
 
 
-def _views_path(task: str, teacher: str, size: int, teacher_size: int, views: int, arch: str | None, view_seed: int) -> Path:
-    return LAB / "views" / f"{task}_{arch or 'default'}_{size}_{teacher}{teacher_size}_K{views}_s{view_seed}.pt"
+def _views_path(task: str, teacher: str, size: int, teacher_size: int, views: int, arch: str | None, view_seed: int,
+                source_size: int | None = None) -> Path:
+    src = f"_from{source_size}" if source_size and source_size != size else ""
+    return LAB / "views" / f"{task}_{arch or 'default'}_{size}{src}_{teacher}{teacher_size}_K{views}_s{view_seed}.pt"
+
+
+def derive_views(task: str, teacher: str, size: int, source_size: int, teacher_size: int, views: int = 1,
+                 arch: str | None = None, view_seed: int = 0) -> str:
+    """A smaller student's view pool from one computed at ``source_size``: no teacher forward.
+
+    The teacher saw the ``source_size`` image (at ``teacher_size``); its maps are average-pooled to
+    the smaller student's stage shapes, images area-resized and masks resized nearest.
+    """
+    path = _views_path(task, teacher, size, teacher_size, views, arch, view_seed, source_size)
+    if path.is_file():
+        return str(path)
+    src = torch.load(_views_path(task, teacher, source_size, teacher_size, views, arch, view_seed), weights_only=True)
+    t = load_task(task, size)
+    t["size"] = size
+    student = build_student(t, arch).eval()
+    with torch.no_grad():
+        shapes = [tuple(f.shape[1:]) for f in student.forward_stages(t["train"][0][:2])]
+    nd = t["spatial_dims"]
+    k, n = src["x"].shape[:2]
+    sp = (size,) * nd
+    x = _resize(src["x"].float().flatten(0, 1), sp, "area").reshape(k, n, *src["x"].shape[2:3], *sp).half()
+    y = None
+    if src["y"] is not None:
+        y = _resize(src["y"].float().flatten(0, 1)[:, None], sp, "nearest")[:, 0].reshape(k, n, *sp).to(torch.uint8)
+    pool_fn = F.adaptive_avg_pool2d if nd == 2 else F.adaptive_avg_pool3d
+    feats = [pool_fn(f.float().flatten(0, 1), shapes[j][1:]).reshape(k, n, f.shape[2], *shapes[j][1:]).half() for j, f in enumerate(src["feats"])]
+    torch.save({"x": x, "y": y, "feats": feats, "student_shapes": shapes, "source_size": source_size}, path)
+    return str(path)
 
 
 def views(task: str, teacher: str, size: int = 32, teacher_size: int = 64, views: int = 4, arch: str | None = None,
@@ -339,7 +370,8 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
         stages: str = "all", temperature: float = 1.0, use_hybrid: bool = True, use_kl: bool = True,
         use_cka: bool = True, projector_lr_mult: float = 1.0, threads: int = 2, tag: str = "",
         kd_weight: float = 1.0, fitnet_weight: float = 1.0, eval_every: int = 1, hybrid_k: int = 0,
-        aug: str = "aligned", hybrid_skips: str = "student", kd_temperature: float = 4.0) -> dict:
+        aug: str = "aligned", hybrid_skips: str = "student", kd_temperature: float = 4.0,
+        source_size: int | None = None) -> dict:
     """Train one configuration and return (and save) its result."""
     cfg = {k: v for k, v in locals().items() if k not in ("threads",)}
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -353,7 +385,7 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
     from drd_components.networks import ReprogrammingModule, ReprogrammingProjector
     from drd_components.networks.batchnorm import running_stats_frozen
 
-    pool = torch.load(_views_path(task, teacher, size, teacher_size, views, arch, view_seed), weights_only=True)
+    pool = torch.load(_views_path(task, teacher, size, teacher_size, views, arch, view_seed, source_size), weights_only=True)
     t = load_task(task, size)
     t["size"] = size
     seg = t["kind"] == "segmentation"
@@ -478,7 +510,14 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
         if (epoch + 1) % eval_every == 0 or epoch == epochs - 1:
             if method == "teacher_ref":
                 if ref_feats is None:
-                    ref_feats = {p: teacher_maps(task, teacher, size, teacher_size, t[p][0], pool["student_shapes"]) for p in ("val", "test")}
+                    derived = bool(source_size and source_size != size)
+                    t_src = load_task(task, source_size) if derived else t
+                    src_shapes = None
+                    if derived:
+                        src_shapes = torch.load(_views_path(task, teacher, source_size, teacher_size, views, arch, view_seed),
+                                                weights_only=True)["student_shapes"]
+                    ref_feats = {p: teacher_maps(task, teacher, size, teacher_size, t_src[p][0], pool["student_shapes"], src_shapes)
+                                 for p in ("val", "test")}
                 val = evaluate_ref(student, projectors, chosen, ref_feats["val"], t["val"][1], seg)
             else:
                 val = evaluate(student, t["val"], seg)
@@ -566,13 +605,25 @@ def evaluate(student: torch.nn.Module, data: tuple, seg: bool, batch: int = 32) 
 
 
 @torch.no_grad()
-def teacher_maps(task: str, teacher: str, size: int, teacher_size: int, x: torch.Tensor, shapes: list) -> list[torch.Tensor]:
-    """Teacher taps of ``x`` resampled to the student stage shapes (as stored in the view pools)."""
+def teacher_maps(task: str, teacher: str, size: int, teacher_size: int, x: torch.Tensor, shapes: list,
+                 source_shapes: list | None = None) -> list[torch.Tensor]:
+    """Teacher taps of ``x`` resampled to the student stage shapes (as stored in the view pools).
+
+    With ``source_shapes`` (pools derived by :func:`derive_views`) the taps are first resampled to
+    the source student's shapes and then average-pooled, exactly as the derived pool was made.
+    """
     tch = build_teacher(teacher, x.ndim - 2, teacher_size)
     mode = "bilinear" if x.ndim == 4 else "trilinear"
+    pool_fn = F.adaptive_avg_pool2d if x.ndim == 4 else F.adaptive_avg_pool3d
+
+    def fit(o: torch.Tensor, j: int) -> torch.Tensor:
+        if source_shapes is None:
+            return _resize(o.float(), tuple(shapes[j][1:]), mode)
+        return pool_fn(_resize(o.float(), tuple(source_shapes[j][1:]), mode), tuple(shapes[j][1:]))
+
     outs = []
     for b in range(0, x.shape[0], 8):
-        outs.append([_resize(o.float(), tuple(shapes[j][1:]), mode) for j, o in enumerate(tch.stage_features(x[b : b + 8]))])
+        outs.append([fit(o, j) for j, o in enumerate(tch.stage_features(x[b : b + 8]))])
     return [torch.cat([o[j] for o in outs]) for j in range(len(outs[0]))]
 
 
@@ -631,7 +682,7 @@ def config_label(cfg: dict) -> str:
     """A short label of what differs from the lab's defaults (seed excluded)."""
     defaults = {k: v.default for k, v in inspect.signature(run).parameters.items()}
     skip = {"task", "seed", "teacher", "size", "teacher_size", "views", "view_seed", "arch", "epochs", "threads", "tag",
-            "method", "eval_every", "batch_size"}
+            "method", "eval_every", "batch_size", "source_size"}
     parts = [cfg["method"]] + [f"{k}={cfg[k]}" for k in sorted(cfg) if k not in skip and k in defaults
                                and json.dumps(cfg[k], default=str) != json.dumps(defaults[k], default=str)]
     return " ".join(parts)
@@ -662,5 +713,40 @@ def report(runs_dir: str | None = None, tasks: str | None = None) -> str:
     return text
 
 
+def plot(out: str, tasks: str | None = None, runs_dir: str | None = None, size: int | None = None) -> str:
+    """PNG of the validation curves (mean over seeds, band = min..max) per task and configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in collect(runs_dir) if (not tasks or r["config"]["task"] in tasks.split(","))
+            and (size is None or r["config"]["size"] == size)]
+    names = sorted({r["config"]["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], names):
+        groups: dict[str, list[list[float]]] = {}
+        for r in rows:
+            if r["config"]["task"] == task:
+                groups.setdefault(config_label(r["config"]), []).append(r["curve"])
+        for label, curves in sorted(groups.items()):
+            n = min(len(c) for c in curves)
+            arr = np.array([c[:n] for c in curves])
+            ep = np.arange(1, n + 1)
+            ax.plot(ep, arr.mean(0), label=f"{label} ({len(curves)} seeds)" if len(label) < 60 else f"{label[:57]}... ({len(curves)})")
+            if len(curves) > 1:
+                ax.fill_between(ep, arr.min(0), arr.max(0), alpha=0.15)
+        key = rows[[r["config"]["task"] for r in rows].index(task)]["key"]
+        ax.set_title(task)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {key}")
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
 if __name__ == "__main__":
-    fire.Fire({"views": views, "train": run, "probe": probe, "report": report})
+    fire.Fire({"views": views, "derive_views": derive_views, "train": run, "probe": probe, "report": report, "plot": plot})

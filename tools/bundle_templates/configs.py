@@ -30,6 +30,10 @@ COMMON_HYPER = {
     "alpha_end": (0.0, "hybrid-path task-loss weight at the last iteration"),
     "beta_start": (1.0, "KL weight at the first iteration (linear schedule)"),
     "beta_end": (0.0, "KL weight at the last iteration"),
+    "cka_samples": ("images", "what CKA compares: \"images\" (one vector per image, the paper's form) or \"positions\" (every spatial position a sample, channels the features; at most `cka_max_positions`)"),
+    "cka_max_positions": (4096, "positions drawn per stage when `cka_samples` is \"positions\""),
+    "cka_detach_reprogrammed": (False, "stop the CKA gradient at the reprogrammed teacher maps: CKA moves the student toward them, the projectors learn from the hybrid paths only"),
+    "hybrid_skips": ("student", "skip features below the replaced stage in the hybrid paths: \"student\" (the paper's wording) or \"teacher\" (the reprogrammed maps; needs a projector on every stage)"),
     "hybrid_stages_per_step": (None, "hybrid paths + KL on k of the N projected stages per iteration, drawn uniformly, scaled by N/k (null: all N, exact DRD)"),
     "progress_bar": (True, "tqdm progress bar over the iterations of each epoch (rank 0)"),
     "resume": (True, "continue from the newest `resume_checkpoint_epoch=N.pt` in `ckpt_dir` when one exists (model, projectors, optimizer, scheduler, epoch, best metric)"),
@@ -339,12 +343,16 @@ def train_config(spec: BundleSpec) -> dict:
         cfg["task_loss"] = {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True, "include_background": False, "batch": True}
         cfg["loss"] = {"_target_": "drd_components.losses.DRDLoss", "task_loss": "@task_loss",
                        "cka_loss": {"_target_": "drd_components.losses.CKALoss", "pool_size": "@cka_pool_size",
-                                    "spatial_samples": "@cka_spatial_samples"},
-                       "lambda_cka": "@lambda_cka", "temperature": "@kl_temperature"}
+                                    "spatial_samples": "@cka_spatial_samples", "samples": "@cka_samples",
+                                    "max_positions": "@cka_max_positions"},
+                       "lambda_cka": "@lambda_cka", "temperature": "@kl_temperature",
+                       "cka_detach_reprogrammed": "@cka_detach_reprogrammed"}
     else:
         cfg["task_loss"] = {"_target_": "torch.nn.CrossEntropyLoss"}
         cfg["loss"] = {"_target_": "drd_components.losses.DRDLoss", "task_loss": "@task_loss", "lambda_cka": "@lambda_cka",
-                       "temperature": "@kl_temperature"}
+                       "cka_loss": {"_target_": "drd_components.losses.CKALoss", "samples": "@cka_samples",
+                                    "max_positions": "@cka_max_positions"},
+                       "temperature": "@kl_temperature", "cka_detach_reprogrammed": "@cka_detach_reprogrammed"}
     cfg["optimizer"] = {"_target_": "torch.optim.AdamW", "params": "$list(@network.parameters()) + list(@projectors.parameters())",
                         "lr": "@learning_rate", "weight_decay": "@weight_decay"}
     cfg["lr_scheduler"] = {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer", "T_max": "@num_epochs"}
@@ -388,7 +396,7 @@ def train_config(spec: BundleSpec) -> dict:
             "teacher": "@teacher", "projectors": "@projectors",
             "alpha_schedule": {"_target_": "drd_components.losses.LinearSchedule", "start": "@alpha_start", "end": "@alpha_end"},
             "beta_schedule": {"_target_": "drd_components.losses.LinearSchedule", "start": "@beta_start", "end": "@beta_end"},
-            "hybrid_stages_per_step": "@hybrid_stages_per_step", "hybrid_seed": "@seed",
+            "hybrid_stages_per_step": "@hybrid_stages_per_step", "hybrid_seed": "@seed", "hybrid_skips": "@hybrid_skips",
             "amp": "@amp", "inferer": "@train#inferer", "postprocessing": "@train#postprocessing",
             "key_train_metric": "@train#key_metric", "train_handlers": "@train#handlers"},
     }
