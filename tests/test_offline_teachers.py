@@ -62,3 +62,28 @@ def test_litemedsam_overlay_builds_the_real_teacher_and_projectors(litemedsam_ch
     assert projectors.teacher_taps == [0, 1, 2, 3]
     feats = teacher.stage_features(torch.rand(2, 1, 64, 64))
     assert [tuple(f.shape[1:]) for f in feats] == [(128, 32, 32), (160, 16, 16), (320, 16, 16), (256, 16, 16)]
+
+
+@pytest.mark.parametrize("bundle", ["polyp_endoscopy_segmentation", "busi_ultrasound_classification"])
+def test_drd_variant_ids_reach_the_loss(bundle):
+    """cka_samples / cka_max_positions / cka_detach_reprogrammed are bundle ids that configure the DRD loss."""
+    root = BUNDLES / bundle
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "train.json"))
+    parser.update({"bundle_root": str(root)})
+    paper = parser.get_parsed_content("loss", lazy=False)
+    assert paper.cka_loss.samples == "images" and not paper.cka_detach_reprogrammed
+    assert parser.get("train#trainer")["hybrid_skips"] == "@hybrid_skips"
+    assert parser.get_parsed_content("hybrid_skips") == "student"
+    parser.update({"cka_samples": "positions", "cka_max_positions": 512, "cka_detach_reprogrammed": True})
+    loss = parser.get_parsed_content("loss", lazy=False)
+    assert loss.cka_loss.samples == "positions" and loss.cka_loss.max_positions == 512 and loss.cka_detach_reprogrammed
+    # the detached variant leaves the reprogrammed maps without a CKA gradient; the student still gets one
+    r = torch.randn(4, 8, 6, 6, requires_grad=True)
+    s = torch.randn(4, 8, 6, 6, requires_grad=True)
+    seg = bundle.endswith("segmentation")
+    pred = torch.randn(4, 2, 6, 6) if seg else torch.randn(4, 3)
+    label = torch.randint(0, 2, (4, 1, 6, 6)) if seg else torch.randint(0, 3, (4,))
+    terms = loss(pred, label, hybrid_outputs=[], student_features=[s], reprogrammed_features=[r], alpha=1.0, beta=1.0)
+    terms["loss_cka"].backward()
+    assert r.grad is None and s.grad is not None and s.grad.abs().sum() > 0
