@@ -71,10 +71,15 @@ def test_drd_variant_ids_reach_the_loss(bundle):
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "train.json"))
     parser.update({"bundle_root": str(root)})
+    # defaults: the validation-chosen variant of docs/benchmark_real_teachers.md
+    default = parser.get_parsed_content("loss", lazy=False)
+    assert default.cka_loss.samples == "positions" and default.cka_detach_reprogrammed
+    assert parser.get("train#trainer")["hybrid_skips"] == "@hybrid_skips"
+    assert parser.get_parsed_content("hybrid_skips") == "teacher"
+    # the paper's form stays one override away
+    parser.update({"cka_samples": "images", "cka_detach_reprogrammed": False, "hybrid_skips": "student"})
     paper = parser.get_parsed_content("loss", lazy=False)
     assert paper.cka_loss.samples == "images" and not paper.cka_detach_reprogrammed
-    assert parser.get("train#trainer")["hybrid_skips"] == "@hybrid_skips"
-    assert parser.get_parsed_content("hybrid_skips") == "student"
     parser.update({"cka_samples": "positions", "cka_max_positions": 512, "cka_detach_reprogrammed": True})
     loss = parser.get_parsed_content("loss", lazy=False)
     assert loss.cka_loss.samples == "positions" and loss.cka_loss.max_positions == 512 and loss.cka_detach_reprogrammed
