@@ -688,13 +688,18 @@ def config_label(cfg: dict) -> str:
     return " ".join(parts)
 
 
-def report(runs_dir: str | None = None, tasks: str | None = None) -> str:
+def _names(value: str | tuple | list) -> list[str]:
+    """Task names from a comma-separated string (fire turns ``a,b`` into a tuple)."""
+    return list(value) if isinstance(value, (tuple, list)) else str(value).split(",")
+
+
+def report(runs_dir: str | None = None, tasks: str | None = None) -> None:
     """Markdown table: per task and configuration, mean +- std over seeds of the validation and test metrics."""
     rows = collect(runs_dir)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         cfg = r["config"]
-        if tasks and cfg["task"] not in tasks.split(","):
+        if tasks and cfg["task"] not in _names(tasks):
             continue
         g = (cfg["task"], cfg.get("arch") or "default", cfg["size"], cfg["teacher"], cfg["epochs"], config_label(cfg))
         groups.setdefault(g, []).append(r)
@@ -710,7 +715,16 @@ def report(runs_dir: str | None = None, tasks: str | None = None) -> str:
                      f"{lv[0]:.3f} ± {lv[1]:.3f} | {key} {tv[0]:.3f} ± {tv[1]:.3f} | {others} | {np.mean([r['epoch_s'] for r in rs]):.0f} |")
     text = "\n".join(lines)
     print(text)
-    return text
+
+
+def export(out: str, runs_dir: str | None = None) -> str:
+    """Every finished run (config, validation curve and summary, test metrics, epoch time) as one JSON file."""
+    rows = collect(runs_dir)
+    for r in rows:
+        r["label"] = config_label(r["config"])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(rows, indent=1))
+    return f"{len(rows)} runs -> {out}"
 
 
 def plot(out: str, tasks: str | None = None, runs_dir: str | None = None, size: int | None = None) -> str:
@@ -720,7 +734,7 @@ def plot(out: str, tasks: str | None = None, runs_dir: str | None = None, size: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in collect(runs_dir) if (not tasks or r["config"]["task"] in tasks.split(","))
+    rows = [r for r in collect(runs_dir) if (not tasks or r["config"]["task"] in _names(tasks))
             and (size is None or r["config"]["size"] == size)]
     names = sorted({r["config"]["task"] for r in rows})
     fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4.5), squeeze=False)
@@ -749,4 +763,4 @@ def plot(out: str, tasks: str | None = None, runs_dir: str | None = None, size: 
 
 
 if __name__ == "__main__":
-    fire.Fire({"views": views, "derive_views": derive_views, "train": run, "probe": probe, "report": report, "plot": plot})
+    fire.Fire({"views": views, "derive_views": derive_views, "train": run, "probe": probe, "report": report, "plot": plot, "export": export})

@@ -46,12 +46,17 @@ SEG_HYPER = {
     "checkpoint_hybrid": (False, "recompute student stages in the hybrid paths during backward (saves memory)"),
     "projector_norm": ("batch", "normalisation inside the projectors"),
 }
+PAPER_DRD_FORM = {
+    "cka_samples": ("images", "what CKA compares: \"images\" (one vector per image, the paper's form; kept for 3D, where the positions variant is not validated) or \"positions\" (every spatial position a sample, channels the features; at most `cka_max_positions`)"),
+    "cka_detach_reprogrammed": (False, "stop the CKA gradient at the reprogrammed teacher maps (true: CKA moves the student toward them, the projectors learn from the hybrid paths only; the 2D default)"),
+    "hybrid_skips": ("student", "skip features below the replaced stage in the hybrid paths: \"student\" (the paper's wording; kept for 3D) or \"teacher\" (the reprogrammed maps; the 2D default)"),
+}
 FAMILY_HYPER = {
     ("classification", 2): {},
-    ("classification", 3): {"batch_size": (4, "volumes per batch"), "val_interval": (2, "validate every N epochs"),
+    ("classification", 3): {**PAPER_DRD_FORM, "batch_size": (4, "volumes per batch"), "val_interval": (2, "validate every N epochs"),
                             "weight_decay": (1e-05, "AdamW weight decay"), "num_workers": (4, "data-loading worker processes")},
     ("segmentation", 2): {"num_epochs": (150, "training epochs"), "batch_size": (8, "images per batch")},
-    ("segmentation", 3): {"num_epochs": (300, "training epochs"), "batch_size": (2, "volumes per batch"),
+    ("segmentation", 3): {**PAPER_DRD_FORM, "num_epochs": (300, "training epochs"), "batch_size": (2, "volumes per batch"),
                           "val_interval": (5, "validate every N epochs"), "weight_decay": (1e-05, "AdamW weight decay"),
                           "num_workers": (4, "data-loading worker processes"),
                           "validate_sample": (16, "items per split whose files are decoded by the start-up datalist check (`all`, or a number; existence is always checked for every item)"),
