@@ -478,7 +478,7 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
                 terms = {"loss_task": task_loss(pred, y).mean(), "loss_hint": fitnet_weight * hint}
                 loss = terms["loss_task"] + terms["loss_hint"]
             else:
-                r = projectors([bf[s] for s in chosen], s_feats)
+                r = projectors(bf, s_feats)  # the module picks its teacher taps by index
                 # hybrid paths on k of the N stages (0: all), scaled by N / k so the expectation is unchanged
                 pick = list(range(len(chosen)))
                 if 0 < hybrid_k < len(chosen):
