@@ -4,7 +4,7 @@ Usage:
     # epoch time, peak memory and disk of vanilla, DRD, cached DRD (K=4, K=8) and cached DRD with
     # hybrid paths on k=1 of N stages per step, one after the other in ONE process, on one bundle
     python tools/benchmark_cache.py run --bundle busi_ultrasound_classification --dataset_dir /data/busi \
-        [--teacher_overlay teacher_standin.json] [--epochs 3] [--workdir /tmp/cache_bench] \
+        [--teacher_overlay teacher_standin.json] [--epochs 3] [--workdir <scratch folder>] \
         [--variants vanilla,drd,cache_k4,cache_k8,cache_k8_hybrid1] [--prefill true] \
         [--overrides '{"image_size": [224, 224], "num_workers": 4}'] [--output results.json]
     # bytes per cached view / per sample of every bundle at its configured sizes (random-weight

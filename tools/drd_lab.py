@@ -271,7 +271,8 @@ def derive_views(task: str, teacher: str, size: int, source_size: int, teacher_s
         y = _resize(src["y"].float().flatten(0, 1)[:, None], sp, "nearest")[:, 0].reshape(k, n, *sp).to(torch.uint8)
     pool_fn = F.adaptive_avg_pool2d if nd == 2 else F.adaptive_avg_pool3d
     feats = [pool_fn(f.float().flatten(0, 1), shapes[j][1:]).reshape(k, n, f.shape[2], *shapes[j][1:]).half() for j, f in enumerate(src["feats"])]
-    torch.save({"x": x, "y": y, "feats": feats, "student_shapes": shapes, "source_size": source_size}, path)
+    torch.save({"x": x, "y": y, "feats": feats, "student_shapes": shapes, "source_size": source_size,
+                "source_shapes": src["student_shapes"]}, path)
     return str(path)
 
 
@@ -512,10 +513,7 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
                 if ref_feats is None:
                     derived = bool(source_size and source_size != size)
                     t_src = load_task(task, source_size) if derived else t
-                    src_shapes = None
-                    if derived:
-                        src_shapes = torch.load(_views_path(task, teacher, source_size, teacher_size, views, arch, view_seed),
-                                                weights_only=True)["student_shapes"]
+                    src_shapes = pool.get("source_shapes") if derived else None
                     ref_feats = {p: teacher_maps(task, teacher, size, teacher_size, t_src[p][0], pool["student_shapes"], src_shapes)
                                  for p in ("val", "test")}
                 val = evaluate_ref(student, projectors, chosen, ref_feats["val"], t["val"][1], seg)
