@@ -37,6 +37,7 @@ augmentation every epoch (see ``docs/teacher_cache.md`` and
 """
 
 from drd_components.baselines.engine import TeacherGuidedTrainer
+from drd_components.baselines.feature_probe import LinearFeatureProbe, fit_linear_probe, pool_taps
 from drd_components.baselines.fitnet import FitNetLoss, FitNetTrainer, HintAdapters
 from drd_components.baselines.kd import KDTrainer, LogitKDLoss
 from drd_components.baselines.lora import LoRAUpdate, apply_lora, lora_layer_names, lora_parameters

@@ -881,6 +881,28 @@ class MultiViewFeatureCache:
         return out
 
     @torch.no_grad()
+    def compute(self, inputs: torch.Tensor) -> list[torch.Tensor | None]:
+        """Teacher features of arbitrary inputs exactly as the cache would store them, not stored.
+
+        For inputs outside the training views (e.g. validation or test images) that must look
+        like what the cache serves: same taps, same resampling, same ``dtype`` rounding. Runs the
+        teacher.
+
+        Returns:
+            One tensor per teacher tap (``None`` for taps not kept), ``float32`` on ``inputs``' device.
+        """
+        feats = self.teacher.stage_features(inputs)
+        if self.num_taps is None:
+            self.num_taps = len(feats)
+        kept = self.kept_taps if self.kept_taps is not None else list(range(len(feats)))
+        out: list[torch.Tensor | None] = [None] * len(feats)
+        for t in kept:
+            f = feats[t].detach()
+            f = f.as_tensor() if hasattr(f, "as_tensor") else f
+            out[t] = _prepare_feature(self.plans.get(t), f).to("cpu", self.dtype).to(inputs.device, torch.float32)
+        return out
+
+    @torch.no_grad()
     def fill(
         self,
         dataset: Any,
