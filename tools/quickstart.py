@@ -312,8 +312,6 @@ def _probe_reference(parser, cache, datalist: dict, seed: int) -> dict:
     prep = parser.get_parsed_content("validate#preprocessing")
     x_va, y_va = features(Dataset(datalist["validation"], transform=prep), cached=False)
     x_te, y_te = features(Dataset(datalist["test"], transform=prep), cached=False)
-    from sklearn.metrics import f1_score
-
     tried = {}
     for wd in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0):
         probe = fit_linear_probe(x_tr, y_tr, int(parser.get_parsed_content("num_classes")), weight_decay=wd)
@@ -325,13 +323,24 @@ def _probe_reference(parser, cache, datalist: dict, seed: int) -> dict:
         pred = probe(x_te).argmax(1)
     return {
         "test_accuracy": float((pred == y_te).float().mean()),
-        "test_macro_f1": float(f1_score(y_te.numpy(), pred.numpy(), average="macro")),
+        "test_macro_f1": _macro_f1(pred, y_te, int(parser.get_parsed_content("num_classes"))),
         "val_accuracy": tried[best_wd][0],
         "weight_decay": best_wd,
         "weight_decays_tried": {str(k): v[0] for k, v in tried.items()},
         "num_features": int(x_tr.shape[1]),
         "seconds": time.perf_counter() - start,
     }
+
+
+def _macro_f1(pred, target, num_classes: int) -> float:
+    """Unweighted mean over classes of 2 TP / (2 TP + FP + FN) (0 for a class never predicted nor present)."""
+    f1 = []
+    for c in range(num_classes):
+        tp = int(((pred == c) & (target == c)).sum())
+        fp = int(((pred == c) & (target != c)).sum())
+        fn = int(((pred != c) & (target == c)).sum())
+        f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return sum(f1) / num_classes
 
 
 def _latency_ms(model, x, repeats: int = 30) -> float:
@@ -431,12 +440,6 @@ def retina_demo(
     fill.update(bytes_per_entry=cache.bytes_per_entry, disk_bytes=cache.disk_bytes())
     results["teacher_cache"] = fill
     _log(f"  {fill['computed']} teacher forwards in {fill['seconds']:.0f} s; {fill['disk_bytes'] / 2**20:.1f} MiB on disk")
-    _log("teacher reference: linear probe on the cached teacher features (validation/test images through the teacher once)")
-    probe = _probe_reference(parser, cache, parser.get_parsed_content("datalist"), seed)
-    results["teacher_probe"] = probe
-    _log(f"  probe: validation accuracy {probe['val_accuracy']:.4f} (weight decay {probe['weight_decay']:g}, chosen on "
-         f"validation), test accuracy {probe['test_accuracy']:.4f} ({probe['seconds']:.0f} s)")
-
     # 2. both students side by side, one core each
     cores = os.cpu_count() or 1
     threads = max(1, cores // 2)
@@ -447,11 +450,20 @@ def retina_demo(
         cmd = _bundle_cmd(RETINA_BUNDLE, cfg, over, "training")
         _log(f"training the {method} student (ResNet-18, {image_size} px, {epochs} epochs; log: {out / 'train.log'})")
         procs[method] = (cmd, out / "train.log", _start(cmd, RETINA_BUNDLE, out / "train.log", threads), time.perf_counter())
-    for method, (cmd, log_file, proc, start) in procs.items():
+    # the teacher reference on the core the (faster) vanilla run frees
+    procs["vanilla"][2].wait()
+    torch.set_num_threads(threads)
+    _log("teacher reference: linear probe on the cached teacher features (validation/test images through the teacher once)")
+    probe = _probe_reference(parser, cache, parser.get_parsed_content("datalist"), seed)
+    results["teacher_probe"] = probe
+    _log(f"  probe: validation accuracy {probe['val_accuracy']:.4f} (weight decay {probe['weight_decay']:g}, chosen on "
+         f"validation), test accuracy {probe['test_accuracy']:.4f} ({probe['seconds']:.0f} s)")
+    torch.set_num_threads(max(1, min(2, cores)))
+    for method, (cmd, log_file, proc, _) in procs.items():
         log = _finish(proc, cmd, log_file)
         times = _epoch_times(log)
-        runs[method] = {"train_seconds": time.perf_counter() - start,
-                        "epoch_seconds_median": sorted(times)[len(times) // 2] if times else None}
+        runs[method] = {"epoch_seconds_median": sorted(times)[len(times) // 2] if times else None,
+                        "epochs_logged": len(times)}
     evals = {}
     for method, over in (("DRD", drd_over), ("vanilla", vanilla_over)):
         out = Path(over["output_dir"])
