@@ -66,4 +66,4 @@ def test_retina_mode_does_not_fall_back_and_bad_mode_is_refused(monkeypatch, tmp
     with pytest.raises(WheelRegistryUnreachableError):
         qs.main(str(tmp_path), mode="retina")
     with pytest.raises(SystemExit, match="--mode must be"):
-        qs.main(str(tmp_path), mode="real")
+        qs.main(str(tmp_path), mode="synthetic")

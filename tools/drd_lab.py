@@ -241,9 +241,18 @@ def build_student(task: dict, arch: str | None = None):
 
 
 def _views_path(task: str, teacher: str, size: int, teacher_size: int, views: int, arch: str | None, view_seed: int,
-                source_size: int | None = None) -> Path:
+                source_size: int | None = None, resample: str = "bilinear") -> Path:
     src = f"_from{source_size}" if source_size and source_size != size else ""
-    return LAB / "views" / f"{task}_{arch or 'default'}_{size}{src}_{teacher}{teacher_size}_K{views}_s{view_seed}.pt"
+    how = "" if resample == "bilinear" else f"_{resample}"
+    return LAB / "views" / f"{task}_{arch or 'default'}_{size}{src}_{teacher}{teacher_size}_K{views}_s{view_seed}{how}.pt"
+
+
+def _fit_map(o: torch.Tensor, size: tuple[int, ...], resample: str) -> torch.Tensor:
+    """A teacher map at a student stage's size: ``bilinear`` (what the projector does) or ``area``
+    (average pooling when the map shrinks, i.e. anti-aliased; bilinear when it grows)."""
+    if resample == "area" and all(want <= have for want, have in zip(size, o.shape[2:])):
+        return (F.adaptive_avg_pool2d if o.ndim == 4 else F.adaptive_avg_pool3d)(o.float(), size)
+    return _resize(o.float(), size, "bilinear" if o.ndim == 4 else "trilinear")
 
 
 def derive_views(task: str, teacher: str, size: int, source_size: int, teacher_size: int, views: int = 1,
@@ -277,10 +286,10 @@ def derive_views(task: str, teacher: str, size: int, source_size: int, teacher_s
 
 
 def views(task: str, teacher: str, size: int = 32, teacher_size: int = 64, views: int = 4, arch: str | None = None,
-          view_seed: int = 0, batch: int = 8, threads: int = 2) -> str:
+          view_seed: int = 0, batch: int = 8, threads: int = 2, resample: str = "bilinear") -> str:
     """Compute the view pool and the teacher features of every view (resumable per view)."""
     torch.set_num_threads(threads)
-    path = _views_path(task, teacher, size, teacher_size, views, arch, view_seed)
+    path = _views_path(task, teacher, size, teacher_size, views, arch, view_seed, resample=resample)
     if path.is_file():
         return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -320,7 +329,7 @@ def views(task: str, teacher: str, size: int = 32, teacher_size: int = 64, views
                     out = tch.stage_features(xv[b : b + batch])
                     # tap j feeds student stage j: store it at that stage's size (what the projector
                     # resamples it to first), in float16
-                    tf.append([_resize(o.float(), tuple(shapes[j][1:]), mode).half() for j, o in enumerate(out)])
+                    tf.append([_fit_map(o, tuple(shapes[j][1:]), resample).half() for j, o in enumerate(out)])
             stored = [torch.cat([f[j] for f in tf]) for j in range(len(tf[0]))]
             obj = {"x": xv.half(), "y": torch.stack(ys).to(torch.uint8) if seg else None, "feats": stored}
             torch.save(obj, part)
@@ -372,9 +381,11 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
         use_cka: bool = True, projector_lr_mult: float = 1.0, threads: int = 2, tag: str = "",
         kd_weight: float = 1.0, fitnet_weight: float = 1.0, eval_every: int = 1, hybrid_k: int = 0,
         aug: str = "aligned", hybrid_skips: str = "student", kd_temperature: float = 4.0,
-        source_size: int | None = None) -> dict:
+        source_size: int | None = None, resample: str = "bilinear") -> dict:
     """Train one configuration and return (and save) its result."""
     cfg = {k: v for k, v in locals().items() if k not in ("threads",)}
+    if cfg["resample"] == "bilinear":  # the default before the option existed: keeps earlier runs' keys
+        del cfg["resample"]
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = f"{task}_{method}{('_' + tag) if tag else ''}_s{seed}_{key}"
     out_dir = LAB / "runs" / name
@@ -386,7 +397,8 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
     from drd_components.networks import ReprogrammingModule, ReprogrammingProjector
     from drd_components.networks.batchnorm import running_stats_frozen
 
-    pool = torch.load(_views_path(task, teacher, size, teacher_size, views, arch, view_seed, source_size), weights_only=True)
+    pool = torch.load(_views_path(task, teacher, size, teacher_size, views, arch, view_seed, source_size, resample),
+                      weights_only=True)
     t = load_task(task, size)
     t["size"] = size
     seg = t["kind"] == "segmentation"

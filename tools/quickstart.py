@@ -13,14 +13,14 @@ Default (``mode="auto"``): the RetinaMNIST demo.
     side by side (``python -m monai.bundle run training``), are evaluated on the held-out test split
     (``evaluate.json``) and the DRD student is exported to TorchScript; a linear probe on the cached
     teacher features gives the frozen teacher's own reference.
-When the package index cannot be reached, it falls back to ``mode="synthetic"`` and says so on every
-line that concerns it: the old embedded default, SYNTHETIC end to end (a generated ultrasound-like
-dataset in BUSI's layout and a stand-in teacher pre-trained here on generated images).
-``mode="synthetic"`` also accepts ``--dataset_dir`` (a BUSI copy) and ``--teacher_checkpoint`` (the
+When the package index cannot be reached, it falls back to ``mode="busi"``'s default and says so on
+every line that concerns it: the old embedded default, SYNTHETIC end to end (a generated
+ultrasound-like dataset in BUSI's layout and a stand-in teacher pre-trained here on generated images).
+``mode="busi"`` also accepts ``--dataset_dir`` (a BUSI copy) and ``--teacher_checkpoint`` (the
 official PMC-CLIP ``image_encoder(resnet50).pth``) for the BUSI bundle with its paper teacher.
 
 Usage:
-    python tools/quickstart.py [--workdir demo_output] [--seed 0] [--mode auto|retina|synthetic] [--epochs 20]
+    python tools/quickstart.py [--workdir demo_output] [--seed 0] [--mode auto|retina|busi] [--epochs 20]
 """
 
 from __future__ import annotations
@@ -537,16 +537,17 @@ def main(workdir: str = "demo_output", mode: str = "auto", seed: int = 0, epochs
 
     Args:
         workdir: folder for everything this run writes (created; nothing is written elsewhere).
-        mode: ``auto`` (RetinaMNIST + LiteMedSAM, falling back to ``synthetic`` when the package
-            index is unreachable), ``retina`` (no fallback) or ``synthetic``.
+        mode: ``auto`` (RetinaMNIST + LiteMedSAM, falling back to ``busi``'s synthetic default when
+            the package index is unreachable), ``retina`` (no fallback) or ``busi`` (the BUSI
+            bundle: synthetic data and stand-in teacher unless ``dataset_dir`` / ``teacher_checkpoint``).
         seed: training seed.
         epochs: training epochs (default: 20 for the RetinaMNIST demo, 30 for the synthetic one).
         kwargs: further arguments of :func:`retina_demo` or :func:`synthetic_demo`.
     """
     global _LOG_PREFIX
-    if mode not in ("auto", "retina", "synthetic"):
-        raise SystemExit(f"--mode must be auto, retina or synthetic, got {mode!r}")
-    if mode != "synthetic":
+    if mode not in ("auto", "retina", "busi"):
+        raise SystemExit(f"--mode must be auto, retina or busi, got {mode!r}")
+    if mode != "busi":
         from drd_components.io import WheelRegistryUnreachableError
 
         try:
