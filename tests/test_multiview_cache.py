@@ -575,7 +575,7 @@ def test_benchmark_tool_runs_every_variant_on_tiny_data(tmp_path):
     data = write_synthetic_busi(tmp_path / "busi", n_per_class=3, size=32, seed=1)
     teacher = write_standin_teacher(tmp_path / "teacher.pt", block_inplanes=(8, 8, 16, 16))
     report = run("busi_ultrasound_classification", str(data), teacher_overlay="teacher_standin.json", epochs=1,
-                 workdir=str(tmp_path / "work"), output=str(tmp_path / "report.json"),
+                 workdir=str(tmp_path / "work"), output=str(tmp_path / "report.json"), variants=list(VARIANTS),
                  overrides={"num_workers": 0, "image_size": [32, 32], "batch_size": 4, "teacher_checkpoint": str(teacher),
                             "teacher_def#block_inplanes": [8, 8, 16, 16]})
     results = report["variants"]
@@ -589,3 +589,6 @@ def test_benchmark_tool_runs_every_variant_on_tiny_data(tmp_path):
     # the k=1 variant has the same key as K=8: it finds the cache filled and never runs the teacher
     assert results["cache_k8_hybrid1"]["cache_dir"] == results["cache_k8"]["cache_dir"]
     assert results["cache_k8_hybrid1"]["fill_computed"] == 0 and results["cache_k8_hybrid1"]["cache_misses"] == 0
+    assert results["cache_k4"]["cache_entries"] == 4 * results["cache_k1"]["cache_entries"]
+    assert results["cache_k1_hybrid1"]["cache_dir"] == results["cache_k1"]["cache_dir"]
+    assert results["cache_k1_hybrid1"]["cache_misses"] == 0

@@ -48,6 +48,9 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "cache_k4": (["train_drd_cache.json"], {"teacher_cache_views": 4}),
     "cache_k8": (["train_drd_cache.json"], {"teacher_cache_views": 8}),
     "cache_k8_hybrid1": (["train_drd_cache.json"], {"teacher_cache_views": 8, "hybrid_stages_per_step": 1}),
+    # one view per sample (no random augmentation): the demo's setting, for budgets where K views do not fit
+    "cache_k1": (["train_drd_cache.json"], {"teacher_cache_views": 1}),
+    "cache_k1_hybrid1": (["train_drd_cache.json"], {"teacher_cache_views": 1, "hybrid_stages_per_step": 1}),
 }
 
 
@@ -176,7 +179,8 @@ def run(
         teacher_overlay: extra config after ``train.json`` (e.g. ``teacher_standin.json``, or a path).
         epochs: training epochs per variant (the first cached epoch is steady too when ``prefill``).
         workdir: outputs and the cache folder (default: a new temporary folder).
-        variants: comma-separated subset of ``vanilla, drd, cache_k4, cache_k8, cache_k8_hybrid1``.
+        variants: comma-separated subset of ``vanilla, drd, cache_k4, cache_k8, cache_k8_hybrid1, cache_k1,
+            cache_k1_hybrid1``.
         prefill: fill the cache (timed separately) before training the cached variants.
         overrides: config overrides for every variant (a dict or its JSON text).
         output: optional JSON file for the results.
