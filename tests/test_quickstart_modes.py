@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,11 @@ from drd_components.io import WheelRegistryUnreachableError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _quickstart():
-    spec = importlib.util.spec_from_file_location("quickstart_under_test", REPO / "tools" / "quickstart.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _quickstart(monkeypatch):
+    from tools import quickstart
+
+    monkeypatch.setattr(quickstart, "_LOG_PREFIX", "")  # main() sets it on fallback; restored after the test
+    return quickstart
 
 
 def test_shipped_retinamnist_is_the_official_file_with_its_attribution():
@@ -36,7 +35,7 @@ def test_shipped_retinamnist_is_the_official_file_with_its_attribution():
 
 
 def test_unreachable_index_falls_back_to_the_synthetic_demo_and_labels_every_line(monkeypatch, capsys, tmp_path):
-    qs = _quickstart()
+    qs = _quickstart(monkeypatch)
     calls = []
 
     def unreachable(*args, **kwargs):
@@ -56,7 +55,7 @@ def test_unreachable_index_falls_back_to_the_synthetic_demo_and_labels_every_lin
 
 
 def test_retina_mode_does_not_fall_back_and_bad_mode_is_refused(monkeypatch, tmp_path):
-    qs = _quickstart()
+    qs = _quickstart(monkeypatch)
 
     def unreachable(*args, **kwargs):
         raise WheelRegistryUnreachableError("offline")

@@ -145,6 +145,19 @@ def _bundle(config_files: list[str], overrides: dict, run_id: str | None = None,
     return text
 
 
+def _export_torchscript(bundle: Path, run_dir: Path) -> Path:
+    """Export ``<run_dir>/model.pt`` of ``bundle``'s student to ``<run_dir>/model.ts`` (``monai.bundle ckpt_export``)."""
+    ts_path = run_dir / "model.ts"
+    _log(f"exporting the DRD student to TorchScript: {ts_path}")
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts_path),
+         "--ckpt_file", str(run_dir / "model.pt"), "--meta_file", str(bundle / "configs" / "metadata.json"),
+         "--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle)],
+        cwd=bundle, check=True, capture_output=True, env=_env(None),
+    )
+    return ts_path
+
+
 def _epoch_times(log: str) -> list[float]:
     times = []
     for line in log.splitlines():
@@ -247,14 +260,7 @@ def synthetic_demo(
         _log(f"  {method}: test accuracy {runs[method]['test_accuracy']:.4f}")
     results["runs"] = runs
 
-    ts_path = work / "drd" / "model.ts"
-    _log(f"exporting the DRD student to TorchScript: {ts_path}")
-    subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts_path),
-         "--ckpt_file", str(work / "drd" / "model.pt"), "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-         "--config_file", str(BUNDLE / "configs" / "inference.json"), "--bundle_root", str(BUNDLE)],
-        cwd=BUNDLE, check=True, capture_output=True, env=dict(os.environ, PYTHONWARNINGS="ignore"),
-    )
+    ts_path = _export_torchscript(BUNDLE, work / "drd")
     import torch
 
     scripted = torch.jit.load(str(ts_path))
@@ -343,20 +349,6 @@ def _macro_f1(pred, target, num_classes: int) -> float:
     return sum(f1) / num_classes
 
 
-def _latency_ms(model, x, repeats: int = 30) -> float:
-    import torch
-
-    with torch.inference_mode():
-        for _ in range(3):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    return 1000 * sorted(times)[len(times) // 2]
-
-
 def retina_demo(
     workdir: str = "demo_output",
     seed: int = 0,
@@ -426,6 +418,7 @@ def retina_demo(
 
     # 1. the teacher, once per image: fill the cache (training images), then the probe's val/test features
     sys.path.insert(0, str(REPO_ROOT / "tools"))
+    from benchmark_latency import time_forward
     from fill_teacher_cache import load_bundle_parser
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -478,14 +471,7 @@ def retina_demo(
     results["runs"] = runs
 
     # 3. what is deployed: the student, exported; its size and latency against the teacher's
-    ts_path = work / "drd" / "model.ts"
-    _log(f"exporting the DRD student to TorchScript: {ts_path}")
-    subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts_path),
-         "--ckpt_file", str(work / "drd" / "model.pt"), "--meta_file", str(RETINA_BUNDLE / "configs" / "metadata.json"),
-         "--config_file", str(RETINA_BUNDLE / "configs" / "inference.json"), "--bundle_root", str(RETINA_BUNDLE)],
-        cwd=RETINA_BUNDLE, check=True, capture_output=True, env=_env(None),
-    )
+    ts_path = _export_torchscript(RETINA_BUNDLE, work / "drd")
     student = torch.jit.load(str(ts_path)).eval()
     teacher = parser.get_parsed_content("teacher")
     x = torch.rand(1, 3, image_size, image_size)
@@ -495,8 +481,8 @@ def retina_demo(
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
         "teacher_file_bytes": Path(teacher_checkpoint).stat().st_size,
         "threads": torch.get_num_threads(),
-        "student_latency_ms": _latency_ms(student, x),
-        "teacher_latency_ms": _latency_ms(teacher.stage_features, x),
+        "student_latency_ms": 1000 * time_forward(student, x, warmup=3, repeats=30, budget_s=30.0)[0],
+        "teacher_latency_ms": 1000 * time_forward(teacher.stage_features, x, warmup=3, repeats=30, budget_s=30.0)[0],
     }
     results["wall_seconds"] = time.perf_counter() - t0
     (work / "results.json").write_text(json.dumps(results, indent=2))

@@ -790,18 +790,7 @@ class MultiViewFeatureCache:
             self.kept_taps = list(range(len(feats)))
         if max(self.kept_taps) >= len(feats):
             raise ValueError(f"the cache keeps teacher taps {self.kept_taps} but the teacher returned {len(feats)}.")
-        prepared = {}
-        for t in self.kept_taps:
-            f = feats[t].detach()
-            f = f.as_tensor() if hasattr(f, "as_tensor") else f  # MetaTensor inputs give MetaTensor features
-            f = _prepare_feature(self.plans.get(t), f)
-            stored = f.to("cpu", self.dtype)
-            if self.dtype == torch.float16 and not bool(torch.isfinite(stored).all()) and bool(torch.isfinite(f).all()):
-                raise ValueError(
-                    f"teacher tap {t} has values beyond float16's range (max |x| = {float(f.abs().max()):.4g}); "
-                    "use dtype float32 for this teacher's cache."
-                )
-            prepared[t] = stored.contiguous()
+        prepared = {t: self._stored_form(t, feats[t]).contiguous() for t in self.kept_taps}
         shapes = {t: tuple(prepared[t].shape[1:]) for t in self.kept_taps}
         if self.directory is not None:
             if self._arrays is None:
@@ -892,15 +881,28 @@ class MultiViewFeatureCache:
             One tensor per teacher tap (``None`` for taps not kept), ``float32`` on ``inputs``' device.
         """
         feats = self.teacher.stage_features(inputs)
-        if self.num_taps is None:
-            self.num_taps = len(feats)
         kept = self.kept_taps if self.kept_taps is not None else list(range(len(feats)))
         out: list[torch.Tensor | None] = [None] * len(feats)
         for t in kept:
-            f = feats[t].detach()
-            f = f.as_tensor() if hasattr(f, "as_tensor") else f
-            out[t] = _prepare_feature(self.plans.get(t), f).to("cpu", self.dtype).to(inputs.device, torch.float32)
+            out[t] = self._stored_form(t, feats[t]).to(inputs.device, torch.float32)
         return out
+
+    def _stored_form(self, tap: int, feature: torch.Tensor) -> torch.Tensor:
+        """One tap of a batch as stored: prepared for its projector, on the CPU in ``dtype``.
+
+        Raises:
+            ValueError: when finite features overflow ``float16``.
+        """
+        f = feature.detach()
+        f = f.as_tensor() if hasattr(f, "as_tensor") else f  # MetaTensor inputs give MetaTensor features
+        f = _prepare_feature(self.plans.get(tap), f)
+        stored = f.to("cpu", self.dtype)
+        if self.dtype == torch.float16 and not bool(torch.isfinite(stored).all()) and bool(torch.isfinite(f).all()):
+            raise ValueError(
+                f"teacher tap {tap} has values beyond float16's range (max |x| = {float(f.abs().max()):.4g}); "
+                "use dtype float32 for this teacher's cache."
+            )
+        return stored
 
     @torch.no_grad()
     def fill(
