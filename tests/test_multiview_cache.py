@@ -592,3 +592,44 @@ def test_benchmark_tool_runs_every_variant_on_tiny_data(tmp_path):
     assert results["cache_k4"]["cache_entries"] == 4 * results["cache_k1"]["cache_entries"]
     assert results["cache_k1_hybrid1"]["cache_dir"] == results["cache_k1"]["cache_dir"]
     assert results["cache_k1_hybrid1"]["cache_misses"] == 0
+
+
+def test_medmnist_runs_in_different_output_folders_share_one_cache(tmp_path):
+    """The MedMNIST datalist identifies samples by source MD5 + split + index, not by the PNG paths
+    each run writes under its own output_dir: a second run with another folder finds every feature."""
+    from monai.transforms import EnsureChannelFirstd, LoadImaged, ScaleIntensityd
+
+    from drd_components.data.medmnist import medmnist_datalist
+    from tests.fake_datasets import write_fake_retinamnist
+
+    src = write_fake_retinamnist(tmp_path / "src")
+    teacher = CountingTeacher(spatial_size=32, in_channels=3)
+    torch.manual_seed(1)
+    student = StagedResNet18(2, 3, 5, block_inplanes=TINY)
+    projectors = ReprogrammingModule.from_models(teacher, student, [2, 3, 28, 28])
+    load = [LoadImaged("image", image_only=True), EnsureChannelFirstd("image", channel_dim=-1), ScaleIntensityd("image")]
+
+    def cache_for(run: str) -> tuple[MultiViewFeatureCache, MultiViewDataset]:
+        data = medmnist_datalist(src, tmp_path / run / "datalist.json", verify_md5=False)["training"]
+        ds = MultiViewDataset(data, load, [RandFlipd("image", prob=0.5, spatial_axis=0)], num_views=2,
+                              num_workers=0, progress=False)
+        return MultiViewFeatureCache(teacher, projectors, ds, cache_dir=tmp_path / "shared_cache"), ds
+
+    first, ds1 = cache_for("run_a")
+    assert first.fill(ds1, batch_size=4)["computed"] == 10 * 2
+    second, ds2 = cache_for("run_b")
+    assert ds2.data[0]["image"] != ds1.data[0]["image"]  # the images really live in another folder
+    teacher._seen = 0
+    assert second.directory == first.directory and second.fill(ds2, batch_size=4)["computed"] == 0
+    assert teacher._seen == 0
+    # a different source file (another MD5) is another identity: nothing is reused
+    other = write_fake_retinamnist(tmp_path / "other")
+    with np.load(other / "retinamnist.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["train_images"] = 255 - arrays["train_images"]
+    np.savez_compressed(other / "retinamnist.npz", **arrays)
+    data = medmnist_datalist(other, tmp_path / "run_c" / "datalist.json", verify_md5=False)["training"]
+    ds3 = MultiViewDataset(data, load, [RandFlipd("image", prob=0.5, spatial_axis=0)], num_views=2, num_workers=0,
+                           progress=False)
+    third = MultiViewFeatureCache(teacher, projectors, ds3, cache_dir=tmp_path / "shared_cache")
+    assert third.directory != first.directory

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from drd_components.data.datalist_io import write_datalist
+from drd_components.data.multiview import SAMPLE_ID_KEY
 
 __all__ = ["MEDMNIST_INFO", "file_md5", "verify_medmnist_md5", "download_medmnist", "medmnist_datalist"]
 
@@ -177,8 +178,9 @@ def medmnist_datalist(
         verify_md5: check the official MD5 first (turn off only for test fixtures).
 
     Returns:
-        ``{"training", "validation", "test"}`` lists of ``{"image", "label"}`` (integer labels:
-        RetinaMNIST grade 0-4, NoduleMNIST3D / VesselMNIST3D 0/1).
+        ``{"training", "validation", "test"}`` lists of ``{"image", "label", "sample_id"}`` (integer
+        labels: RetinaMNIST grade 0-4, NoduleMNIST3D / VesselMNIST3D 0/1; ``sample_id`` is
+        ``<flag>/<source md5>/<split>/<index>``, the identity a teacher cache keys on).
 
     Raises:
         FileNotFoundError: when ``<flag>.npz`` is missing.
@@ -206,7 +208,12 @@ def medmnist_datalist(
     for split, name in _SPLITS.items():
         paths = [out_dir / split / f"{split}_{i:05d}{ext}" for i in range(counts[split])]
         files[split] = paths
-        parts[name] = [{"image": str(p), "label": int(y)} for p, y in zip(paths, arrays[split][1])]
+        # sample_id: the source file's MD5 + split + index, so a teacher cache keyed on it is shared by
+        # runs that convert the same .npz into different folders (each run's output_dir)
+        parts[name] = [
+            {"image": str(p), "label": int(y), SAMPLE_ID_KEY: f"{flag}/{md5}/{split}/{i:05d}"}
+            for i, (p, y) in enumerate(zip(paths, arrays[split][1]))
+        ]
     marker = out_dir / _MARKER
     expected = {"source_md5": md5, "flag": flag, "counts": counts}
     done = marker.is_file() and json.loads(marker.read_text()) == expected

@@ -42,6 +42,10 @@ __all__ = ["view_random_seed", "sample_identity", "MultiViewDataset", "MultiView
 
 #: keys added to every item
 VIEW_ID_KEY = "view_id"
+SAMPLE_ID_KEY = "sample_id"
+"""Optional datalist key: a stable identity of the sample's content (e.g. source file digest + split +
+index). When present it replaces the item's paths in the teacher cache's key, so runs that write the same
+images to different folders share one cache."""
 SAMPLE_INDEX_KEY = "sample_index"
 
 
@@ -66,7 +70,8 @@ def sample_identity(item: Any) -> str:
     """A stable text identity of one datalist item (file paths, labels, ids).
 
     Strings, numbers and paths are written as they are; arrays and tensors as a short digest of
-    their bytes. Used in the teacher cache's key so that a different or reordered datalist never
+    their bytes. A mapping with a ``sample_id`` entry (:data:`SAMPLE_ID_KEY`) is identified by that
+    entry alone: the datalist vouches that equal ids mean equal content wherever the files are. Used in the teacher cache's key so that a different or reordered datalist never
     reuses another list's features.
 
     Args:
@@ -75,6 +80,8 @@ def sample_identity(item: Any) -> str:
     Returns:
         the identity string.
     """
+    if isinstance(item, Mapping) and item.get(SAMPLE_ID_KEY) is not None:
+        return f"{{{SAMPLE_ID_KEY}={item[SAMPLE_ID_KEY]}}}"
     if isinstance(item, Mapping):
         return "{" + ",".join(f"{k}={sample_identity(item[k])}" for k in sorted(item, key=str)) + "}"
     if isinstance(item, (list, tuple)):
