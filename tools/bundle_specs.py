@@ -227,7 +227,8 @@ SAT = TeacherSpec(
     key="sat_nano",
     title="SAT-Nano visual encoder (3D U-Net)",
     target="drd_components.teachers.sat.SATTeacher",
-    kwargs={"variant": "nano", "modality": "@teacher_modality", "spatial_size": "@teacher_spatial_size"},
+    kwargs={"variant": "nano", "modality": "@teacher_modality", "spatial_size": "@teacher_spatial_size",
+            "input_channel": "@teacher_input_channel"},
     files=({"path": "models/teacher/nano.pth", "url": "https://huggingface.co/zzh99/SAT/resolve/main/Nano/nano.pth"},),
     download_note="Official SAT-Nano model file from the Hugging Face repository zzh99/SAT (1.5 GB, {step, model_state_dict, optimizer_state_dict}); only the image encoder (module.backbone.encoder.*) is used. " + _NO_HASH,
     citation="Zhao Z, et al. One Model to Rule them All: Towards Universal Segmentation for Medical Images with Text Prompts (SAT). arXiv:2312.17183; npj Digital Medicine 8:566 (2025).",
@@ -418,6 +419,7 @@ def _seg3d(name, row, paper, title, summary, modality, classes, short, dataset, 
     hyper = dict(hyper)
     hyper.setdefault("teacher_modality", ("ct" if modality == "CT" else "mr", "SAT modality prompt for the teacher's preprocessing"))
     hyper["teacher_spatial_size"] = (list(teacher_size), "input size the teacher resizes to")
+    hyper.setdefault("teacher_input_channel", (0, "input channel the single-modality SAT teacher sees (0: the first, e.g. T2)"))
     return BundleSpec(
         name=name, row=row, paper=paper, task="segmentation", spatial_dims=3, title=title, summary=summary, modality=modality,
         class_names=tuple(classes), short_names=tuple(short), in_channels=in_channels, dataset=DATASETS[dataset], teacher=SAT,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TeacherPreprocessing", "SampleIntensityNorm", "check_spatial_size", "resize_inter_area"]
+__all__ = ["TeacherPreprocessing", "InputChannelSelect", "SampleIntensityNorm", "check_spatial_size", "resize_inter_area"]
 
 _LINEAR_MODES = ("linear", "bilinear", "bicubic", "trilinear")
 
@@ -167,7 +167,10 @@ class TeacherPreprocessing(nn.Module):
             elif self.in_channels == 1:
                 x = x.mean(dim=1, keepdim=True)
             else:
-                raise ValueError(f"cannot adapt {c} input channels to the teacher's {self.in_channels}.")
+                raise ValueError(
+                    f"cannot adapt {c} input channels to the teacher's {self.in_channels}: choose the channel the "
+                    "teacher sees (e.g. the teacher's input_channel argument, config id teacher_input_channel)."
+                )
         if self.spatial_size is not None and tuple(x.shape[2:]) != self.spatial_size:
             if self.mode == "inter_area":
                 x = resize_inter_area(x, self.spatial_size)
@@ -198,6 +201,34 @@ def _percentile(values: torch.Tensor, q: float) -> torch.Tensor:
         return v_lo
     v_hi = torch.kthvalue(values, hi + 1).values
     return v_lo + (v_hi - v_lo) * (pos - lo)
+
+
+class InputChannelSelect(nn.Module):
+    """Keep one channel of a multi-channel input for a single-modality teacher.
+
+    Multi-parametric inputs (e.g. prostate MRI: T2, ADC) cannot be mapped onto a teacher trained on
+    one modality by averaging; the teacher sees the channel named here (a one-channel input passes
+    through unchanged).
+
+    Args:
+        index: channel to keep, ``None`` to pass every channel through.
+
+    Raises:
+        ValueError: at call time, when ``index`` is not a channel of the input.
+    """
+
+    def __init__(self, index: int | None = None) -> None:
+        super().__init__()
+        if index is not None and int(index) < 0:
+            raise ValueError(f"input_channel must be >= 0 or None, got {index}.")
+        self.index = None if index is None else int(index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.index is None or x.shape[1] == 1:
+            return x
+        if self.index >= x.shape[1]:
+            raise ValueError(f"input_channel {self.index} does not exist: the input has {x.shape[1]} channels.")
+        return x[:, self.index : self.index + 1]
 
 
 class SampleIntensityNorm(nn.Module):

@@ -25,7 +25,12 @@ from drd_components.teachers.checkpoint import (
     materialize_for_load,
     numpy_scalar_safe_globals,
 )
-from drd_components.teachers.preprocessing import SampleIntensityNorm, TeacherPreprocessing, check_spatial_size
+from drd_components.teachers.preprocessing import (
+    InputChannelSelect,
+    SampleIntensityNorm,
+    TeacherPreprocessing,
+    check_spatial_size,
+)
 
 __all__ = ["SAT_VARIANTS", "SATConvBlock", "SATEncoder", "SATTeacher"]
 
@@ -197,6 +202,9 @@ class SATTeacher(FrozenTeacher):
         modality: ``"ct"``, ``"mr"``, ``"pet"`` (intensity rule as above) or ``"none"`` (input
             already normalised).
         taps: encoder stages to return (0-5).
+        input_channel: for multi-channel inputs, the channel the teacher sees (SAT is prompted with one
+            modality; e.g. 0 = T2 of a T2/ADC prostate volume); ``None`` keeps every channel, which
+            only works for one channel or three.
 
     Raises:
         CheckpointError: the file is missing, fails its checksum, holds objects outside the
@@ -215,6 +223,7 @@ class SATTeacher(FrozenTeacher):
         variant: str = "nano",
         modality: str = "ct",
         taps: Sequence[int] = (2, 3, 4, 5),
+        input_channel: int | None = None,
     ) -> None:
         super().__init__()
         if variant not in SAT_VARIANTS:
@@ -228,7 +237,8 @@ class SATTeacher(FrozenTeacher):
         self.taps = taps
         self.tap_names = tuple(f"E{t}" for t in taps)
         size = check_spatial_size(spatial_size, 2 ** taps[-1], 3, "SAT") if spatial_size is not None else None
-        steps: list[nn.Module] = []
+        self.input_channel = input_channel
+        steps: list[nn.Module] = [InputChannelSelect(input_channel)]
         if modality in ("mr", "pet"):
             steps.append(SampleIntensityNorm("none", percentiles=(0.5, 99.5)))
         steps.append(

@@ -612,3 +612,27 @@ def test_sat_pro_encoder_keys(tmp_path):
     _assert_frozen(teacher)
     feats = teacher.stage_features(torch.rand(1, 1, 20, 24, 16) * 2000 - 1000)
     assert [tuple(f.shape) for f in feats] == _sat_shapes(1, "pro", (16, 16, 16), (2, 3))
+
+
+def test_sat_sees_the_chosen_channel_of_a_multi_parametric_input():
+    """Prostate MRI (T2, ADC) into the single-modality SAT teacher: with input_channel it sees T2
+    exactly as a one-channel T2 volume; without it the error names the setting to change."""
+    t2, adc = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16) * 5
+    both = torch.cat([t2, adc], dim=1)
+    teacher = SATTeacher(spatial_size=None, modality="mr", taps=(0, 1), input_channel=0)
+    for got, want in zip(teacher.stage_features(both), teacher.stage_features(t2)):
+        assert torch.equal(got, want)
+    adc_teacher = SATTeacher(spatial_size=None, modality="mr", taps=(0, 1), input_channel=1)
+    assert not torch.equal(adc_teacher.stage_features(both)[0], teacher.stage_features(both)[0])
+    with pytest.raises(ValueError, match="teacher_input_channel"):
+        SATTeacher(spatial_size=None, modality="mr", taps=(0, 1)).stage_features(both)
+    with pytest.raises(ValueError, match="input_channel 2 does not exist"):
+        SATTeacher(spatial_size=None, modality="mr", taps=(0, 1), input_channel=2).stage_features(both)
+
+
+def test_prostate_bundle_builds_its_teacher_cache_plan():
+    """The prostate bundle's default SAT teacher accepts its 2-channel input (the dry run used to fail)."""
+    from tools.benchmark_cache import entry_sizes
+
+    row = entry_sizes("prostate_mri_segmentation")
+    assert row["teacher"] == "SATTeacher" and len(row["stored_shapes"]) == 4
