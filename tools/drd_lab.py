@@ -302,11 +302,9 @@ def views(task: str, teacher: str, size: int = 32, teacher_size: int = 64, views
     tch = build_teacher(teacher, t["spatial_dims"], teacher_size)
     seg = t["kind"] == "segmentation"
     n = x.shape[0]
-    mode = "bilinear" if t["spatial_dims"] == 2 else "trilinear"
     pool_x = torch.empty((views, *x.shape), dtype=torch.float16)
     pool_y = torch.empty((views, *y.shape), dtype=torch.uint8) if seg else None
     feats: list[torch.Tensor] | None = None
-    taps = None
     t0 = time.time()
     for v in range(views):
         part = path.with_suffix(f".v{v}.pt")
@@ -664,6 +662,41 @@ def probe(task: str, teacher: str, size: int = 32, teacher_size: int = 64, views
     return out
 
 
+def teacher_probe(task: str, teacher: str, teacher_size: int, size: int = 28, threads: int = 2,
+                  weight_decays: tuple = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)) -> dict:
+    """The frozen teacher's linear probe (classification): every tap globally pooled and concatenated
+    (``drd_components.baselines.feature_probe``), weight decay chosen on validation, test reported once.
+
+    ``size`` is the input the teacher receives before its own resizing to ``teacher_size`` (28: the
+    MedMNIST images as they are). Prints one line per weight decay and returns the chosen one's metrics.
+    """
+    from drd_components.baselines.feature_probe import fit_linear_probe, pool_taps
+
+    torch.set_num_threads(threads)
+    t = load_task(task, size)
+    if t["kind"] != "classification":
+        raise ValueError(f"teacher_probe is for classification tasks, '{task}' is {t['kind']}.")
+    tch = build_teacher(teacher, t["spatial_dims"], teacher_size).eval()
+    feats, t0 = {}, time.time()
+    with torch.no_grad():
+        for part in ("train", "val", "test"):
+            x = t[part][0]
+            feats[part] = torch.cat([pool_taps(tch.stage_features(x[b : b + 8])) for b in range(0, x.shape[0], 8)])
+    n = sum(f.shape[0] for f in feats.values())
+    print(f"teacher features of {n} samples: {time.time() - t0:.0f} s ({(time.time() - t0) / n * 1000:.0f} ms per sample)")
+    best = None
+    for wd in weight_decays:
+        probe = fit_linear_probe(feats["train"], t["train"][1], t["num_classes"], weight_decay=wd)
+        with torch.no_grad():
+            res = {p: classification_metrics(probe(feats[p]), t[p][1]) for p in ("val", "test")}
+        key = KEY_METRIC.get(task, "acc")
+        print(f"weight_decay {wd}: val {key} {res['val'][key]:.4f}")
+        if best is None or res["val"][key] > best["val"][key]:
+            best = {"weight_decay": wd, **res}
+    print(f"chosen on validation: {best}")
+    return best
+
+
 # ------------------------------------------------------------------------------------------ reports
 KEY_METRIC = {"vessel": "auc", "busi_cls": "acc", "retina": "acc"}
 
@@ -773,4 +806,4 @@ def plot(out: str, tasks: str | None = None, runs_dir: str | None = None, size: 
 
 
 if __name__ == "__main__":
-    fire.Fire({"views": views, "derive_views": derive_views, "train": run, "probe": probe, "report": report, "plot": plot, "export": export})
+    fire.Fire({"views": views, "derive_views": derive_views, "train": run, "probe": probe, "teacher_probe": teacher_probe, "report": report, "plot": plot, "export": export})
