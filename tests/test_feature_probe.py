@@ -73,3 +73,17 @@ def test_compute_matches_what_the_cache_serves_for_the_same_input(tmp_path):
             assert torch.equal(s, c)
     # the probe reference pools exactly these features
     assert pool_taps(served).shape[0] == 5
+
+
+def test_select_linear_probe_keeps_the_weight_decay_best_on_validation():
+    from drd_components.baselines.feature_probe import select_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    xv = torch.randn(40, 6, generator=g)
+    yv = (xv[:, 0] > 0).long()
+    probe, wd, tried = select_linear_probe(x[:60], y[:60], xv, 2, score=lambda l: (l.argmax(1) == yv).float().mean(),
+                                           weight_decays=(1e-3, 1e4))
+    assert set(tried) == {1e-3, 1e4} and wd == max(tried, key=tried.get)
+    assert wd == 1e-3 and tried[1e-3] > 0.8  # a huge penalty flattens the probe to chance

@@ -670,7 +670,7 @@ def teacher_probe(task: str, teacher: str, teacher_size: int, size: int = 28, th
     ``size`` is the input the teacher receives before its own resizing to ``teacher_size`` (28: the
     MedMNIST images as they are). Prints one line per weight decay and returns the chosen one's metrics.
     """
-    from drd_components.baselines.feature_probe import fit_linear_probe, pool_taps
+    from drd_components.baselines.feature_probe import pool_taps, select_linear_probe
 
     torch.set_num_threads(threads)
     t = load_task(task, size)
@@ -684,15 +684,14 @@ def teacher_probe(task: str, teacher: str, teacher_size: int, size: int = 28, th
             feats[part] = torch.cat([pool_taps(tch.stage_features(x[b : b + 8])) for b in range(0, x.shape[0], 8)])
     n = sum(f.shape[0] for f in feats.values())
     print(f"teacher features of {n} samples: {time.time() - t0:.0f} s ({(time.time() - t0) / n * 1000:.0f} ms per sample)")
-    best = None
-    for wd in weight_decays:
-        probe = fit_linear_probe(feats["train"], t["train"][1], t["num_classes"], weight_decay=wd)
-        with torch.no_grad():
-            res = {p: classification_metrics(probe(feats[p]), t[p][1]) for p in ("val", "test")}
-        key = KEY_METRIC.get(task, "acc")
-        print(f"weight_decay {wd}: val {key} {res['val'][key]:.4f}")
-        if best is None or res["val"][key] > best["val"][key]:
-            best = {"weight_decay": wd, **res}
+    key = KEY_METRIC.get(task, "acc")
+    probe, wd, tried = select_linear_probe(feats["train"], t["train"][1], feats["val"], t["num_classes"],
+                                           score=lambda logits: classification_metrics(logits, t["val"][1])[key],
+                                           weight_decays=weight_decays)
+    for w, v in tried.items():
+        print(f"weight_decay {w}: val {key} {v:.4f}")
+    with torch.no_grad():
+        best = {"weight_decay": wd, **{p: classification_metrics(probe(feats[p]), t[p][1]) for p in ("val", "test")}}
     print(f"chosen on validation: {best}")
     return best
 

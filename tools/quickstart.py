@@ -300,7 +300,7 @@ def _probe_reference(parser, cache, datalist: dict, seed: int) -> dict:
     import torch
     from monai.data import DataLoader, Dataset
 
-    from drd_components.baselines.feature_probe import fit_linear_probe, pool_taps
+    from drd_components.baselines.feature_probe import pool_taps, select_linear_probe
 
     def features(dataset, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
@@ -318,21 +318,16 @@ def _probe_reference(parser, cache, datalist: dict, seed: int) -> dict:
     prep = parser.get_parsed_content("validate#preprocessing")
     x_va, y_va = features(Dataset(datalist["validation"], transform=prep), cached=False)
     x_te, y_te = features(Dataset(datalist["test"], transform=prep), cached=False)
-    tried = {}
-    for wd in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0):
-        probe = fit_linear_probe(x_tr, y_tr, int(parser.get_parsed_content("num_classes")), weight_decay=wd)
-        with torch.no_grad():
-            tried[wd] = (float((probe(x_va).argmax(1) == y_va).float().mean()), probe)
-    best_wd = max(tried, key=lambda k: tried[k][0])
-    probe = tried[best_wd][1]
+    probe, best_wd, tried = select_linear_probe(x_tr, y_tr, x_va, int(parser.get_parsed_content("num_classes")),
+                                                score=lambda logits: (logits.argmax(1) == y_va).float().mean())
     with torch.no_grad():
         pred = probe(x_te).argmax(1)
     return {
         "test_accuracy": float((pred == y_te).float().mean()),
         "test_macro_f1": _macro_f1(pred, y_te, int(parser.get_parsed_content("num_classes"))),
-        "val_accuracy": tried[best_wd][0],
+        "val_accuracy": tried[best_wd],
         "weight_decay": best_wd,
-        "weight_decays_tried": {str(k): v[0] for k, v in tried.items()},
+        "weight_decays_tried": {str(k): v for k, v in tried.items()},
         "num_features": int(x_tr.shape[1]),
         "seconds": time.perf_counter() - start,
     }

@@ -11,13 +11,13 @@ L-BFGS: deterministic, and fast for a few thousand samples).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LinearFeatureProbe", "fit_linear_probe", "pool_taps"]
+__all__ = ["LinearFeatureProbe", "fit_linear_probe", "pool_taps", "select_linear_probe", "PROBE_WEIGHT_DECAYS"]
 
 
 def pool_taps(features: Sequence[torch.Tensor | None]) -> torch.Tensor:
@@ -100,3 +100,36 @@ def fit_linear_probe(
 
     opt.step(closure)
     return probe.eval()
+
+
+PROBE_WEIGHT_DECAYS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+"""Weight decays :func:`select_linear_probe` tries by default."""
+
+
+def select_linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_features: torch.Tensor,
+    num_classes: int,
+    score: Callable[[torch.Tensor], float],
+    weight_decays: Sequence[float] = PROBE_WEIGHT_DECAYS,
+) -> tuple[LinearFeatureProbe, float, dict[float, float]]:
+    """Fit one :func:`fit_linear_probe` per weight decay and keep the one ``score`` ranks highest on validation.
+
+    Args:
+        train_features, train_labels: ``[N, F]`` and ``[N]``.
+        val_features: ``[M, F]`` validation features.
+        num_classes: classes.
+        score: validation logits ``[M, num_classes]`` -> a number, higher is better (e.g. accuracy or AUC).
+        weight_decays: the grid.
+
+    Returns:
+        the chosen probe, its weight decay, and the validation score of every weight decay tried.
+    """
+    tried: dict[float, tuple[float, LinearFeatureProbe]] = {}
+    for wd in weight_decays:
+        probe = fit_linear_probe(train_features, train_labels, num_classes, weight_decay=wd)
+        with torch.no_grad():
+            tried[wd] = (float(score(probe(val_features))), probe)
+    best = max(tried, key=lambda k: tried[k][0])
+    return tried[best][1], best, {k: v[0] for k, v in tried.items()}
