@@ -40,6 +40,8 @@ REAL_DATA_HERE = {
     "cardiac_mri_segmentation": ("ACDC", "tests/test_bundle_segmentation_integration.py"),
     "brain_tumor_mri_classification": ("brain_tumor_mri", "tests/test_integration_collection.py"),
     "retina_fundus_classification": ("medmnist/retinamnist.npz", "tests/test_integration_collection.py"),
+    "polyp_endoscopy_segmentation": ("kvasir_seg", "README walk-through with make_datalist; docs/benchmark_real_teachers.md"),
+    "vessel_mra_classification": ("medmnist/vesselmnist3d.npz", "docs/benchmark_real_teachers.md; bundle README Performance"),
 }
 
 
