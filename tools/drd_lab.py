@@ -114,7 +114,8 @@ def load_task(task: str, size: int) -> dict[str, Any]:
                 img = _load_png(rec["image"], channels) / 255.0
                 xs.append(_square(img, size, "area"))
                 if seg:
-                    labels = rec["label"] if isinstance(rec["label"], list) else [rec["label"]]
+                    found = rec["masks"] if "masks" in rec else rec["label"]  # BUSI: a list of masks per image
+                    labels = found if isinstance(found, list) else [found]
                     m = torch.zeros(img.shape[-2:])
                     for lp in labels:
                         m = torch.maximum(m, (_load_png(lp, 1)[0] > 127).float())
