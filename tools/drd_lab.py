@@ -770,6 +770,33 @@ def export(out: str, runs_dir: str | None = None) -> str:
     return f"{len(rows)} runs -> {out}"
 
 
+def restore(src: str = "docs/benchmark_real_teachers.json", runs_dir: str | None = None) -> str:
+    """Recreate ``result.json`` of every run in an :func:`export` file that this runs folder lacks.
+
+    A fresh checkout has no ``runs/`` (it is not versioned); restoring lets :func:`run` skip the
+    configurations already measured and :func:`report` / :func:`export` / :func:`plot` cover old and
+    new runs together. Only what the export kept comes back (validation curve of the key metric,
+    best epoch, test metrics, epoch time), not checkpoints: ``teacher_ref`` runs needed by logit KD
+    must be run again.
+    """
+    rows = json.loads(Path(src).read_text())
+    root = Path(runs_dir or LAB / "runs")
+    made = 0
+    for r in rows:
+        target = root / r["name"] / "result.json"
+        if target.is_file():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        curve = [{"epoch": i + 1, f"val_{r['key']}": v} for i, v in enumerate(r["curve"])]
+        result = {"name": r["name"], "config": r["config"], "best_val": r["best_val"], "best_epoch": r["best_epoch"],
+                  "test": r["test"], "curve": curve, "epoch_s": r["epoch_s"], "restored_from": str(src)}
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(target)
+        made += 1
+    return f"{made} of {len(rows)} runs restored under {root}"
+
+
 def plot(out: str, tasks: str | None = None, runs_dir: str | None = None, size: int | None = None) -> str:
     """PNG of the validation curves (mean over seeds, band = min..max) per task and configuration."""
     import matplotlib
@@ -806,4 +833,4 @@ def plot(out: str, tasks: str | None = None, runs_dir: str | None = None, size: 
 
 
 if __name__ == "__main__":
-    fire.Fire({"views": views, "derive_views": derive_views, "train": run, "probe": probe, "teacher_probe": teacher_probe, "report": report, "plot": plot, "export": export})
+    fire.Fire({"views": views, "derive_views": derive_views, "train": run, "probe": probe, "teacher_probe": teacher_probe, "report": report, "plot": plot, "export": export, "restore": restore})
