@@ -380,11 +380,13 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
         use_cka: bool = True, projector_lr_mult: float = 1.0, threads: int = 2, tag: str = "",
         kd_weight: float = 1.0, fitnet_weight: float = 1.0, eval_every: int = 1, hybrid_k: int = 0,
         aug: str = "aligned", hybrid_skips: str = "student", kd_temperature: float = 4.0,
-        source_size: int | None = None, resample: str = "bilinear") -> dict:
+        source_size: int | None = None, resample: str = "bilinear", lambda_end: float | None = None) -> dict:
     """Train one configuration and return (and save) its result."""
     cfg = {k: v for k, v in locals().items() if k not in ("threads",)}
     if cfg["resample"] == "bilinear":  # the default before the option existed: keeps earlier runs' keys
         del cfg["resample"]
+    if cfg["lambda_end"] is None:  # likewise: lambda held constant, as before the option existed
+        del cfg["lambda_end"]
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = f"{task}_{method}{('_' + tag) if tag else ''}_s{seed}_{key}"
     out_dir = LAB / "runs" / name
@@ -505,6 +507,8 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
                 if len(pick) < len(chosen):
                     terms["loss_hybrid"] = terms["loss_hybrid"] * len(chosen) / len(pick)
                     terms["loss_kl"] = terms["loss_kl"] * len(chosen) / len(pick)
+                if lambda_end is not None and lambda_cka > 0:  # lambda moves linearly lambda_cka -> lambda_end
+                    terms["loss_cka"] = terms["loss_cka"] * (lambda_cka + (lambda_end - lambda_cka) * prog) / lambda_cka
                 if hybrid == "mean":
                     terms["loss_hybrid"] = terms["loss_hybrid"] / len(chosen)
                     terms["loss_kl"] = terms["loss_kl"] / len(chosen)
