@@ -41,3 +41,13 @@ def test_restore_never_overwrites_a_run_measured_here(tmp_path):
     assert drd_lab.restore(str(exported), runs_dir=str(runs)).startswith("0 of 1")
     local = json.loads((runs / "busi_seg_vanilla_s0_aaaa" / "result.json").read_text())
     assert local["test"] == {"dice": 0.47} and "restored_from" not in local
+
+
+def test_curve_legend_names_the_default_form_and_what_differs():
+    base = {k: v.default for k, v in drd_lab.inspect.signature(drd_lab.run).parameters.items()}
+    d_form = {**base, "task": "busi_seg", "method": "drd", "cka": "positions", "cka_detach": True,
+              "hybrid_skips": "teacher"}
+    assert drd_lab._short_label(d_form) == "D"
+    assert drd_lab._short_label({**d_form, "hybrid_k": 1, "use_cka": False}) == "D hybrid_k=1 use_cka=False"
+    assert drd_lab._short_label({**base, "method": "drd", "cka": "positions"}) == "drd cka=positions"
+    assert drd_lab._short_label({**base, "method": "vanilla"}) == "vanilla"

@@ -735,6 +735,17 @@ def config_label(cfg: dict) -> str:
     return " ".join(parts)
 
 
+D_FORM = {"method": "drd", "cka": "positions", "cka_detach": True, "hybrid_skips": "teacher"}
+
+
+def _short_label(cfg: dict) -> str:
+    """:func:`config_label`, with the 2D default form of DRD written "D" (legends stay readable)."""
+    if all(cfg.get(k) == v for k, v in D_FORM.items()):
+        rest = config_label({**cfg, "cka": "batch", "cka_detach": False, "hybrid_skips": "student"})
+        return "D" + rest[len("drd"):]
+    return config_label(cfg)
+
+
 def _names(value: str | tuple | list) -> list[str]:
     """Task names from a comma-separated string (fire turns ``a,b`` into a tuple)."""
     return list(value) if isinstance(value, (tuple, list)) else str(value).split(",")
@@ -814,9 +825,11 @@ def plot(out: str, tasks: str | None = None, runs_dir: str | None = None, size: 
     fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4.5), squeeze=False)
     for ax, task in zip(axes[0], names):
         groups: dict[str, list[list[float]]] = {}
+        budgets = {len(r["curve"]) for r in rows if r["config"]["task"] == task}
         for r in rows:
-            if r["config"]["task"] == task:
-                groups.setdefault(config_label(r["config"]), []).append(r["curve"])
+            if r["config"]["task"] == task:  # runs of different lengths are separate curves
+                label = (f"[{len(r['curve'])} ep] " if len(budgets) > 1 else "") + _short_label(r["config"])
+                groups.setdefault(label, []).append(r["curve"])
         for label, curves in sorted(groups.items()):
             n = min(len(c) for c in curves)
             arr = np.array([c[:n] for c in curves])
