@@ -830,6 +830,7 @@ def plot(out: str, tasks: str | None = None, runs_dir: str | None = None, size: 
             if r["config"]["task"] == task:  # runs of different lengths are separate curves
                 label = (f"[{len(r['curve'])} ep] " if len(budgets) > 1 else "") + _short_label(r["config"])
                 groups.setdefault(label, []).append(r["curve"])
+        ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20)))  # more configurations than tab10's colours
         for label, curves in sorted(groups.items()):
             n = min(len(c) for c in curves)
             arr = np.array([c[:n] for c in curves])
