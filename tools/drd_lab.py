@@ -394,7 +394,7 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
         return json.loads((out_dir / "result.json").read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
-    from drd_components.losses import CKALoss, DRDLoss
+    from drd_components.losses import CKALoss, DRDLoss, LinearSchedule
     from drd_components.networks import ReprogrammingModule, ReprogrammingProjector
     from drd_components.networks.batchnorm import running_stats_frozen
 
@@ -433,6 +433,7 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
     cka_loss = CKALoss(unbiased=(cka == "batch_unbiased"), samples="positions" if cka == "positions" else "images")
     drd = DRDLoss(task_loss, cka_loss=cka_loss, lambda_cka=lambda_cka, temperature=temperature,
                   use_hybrid=use_hybrid, use_kl=use_kl, use_cka=use_cka)
+    lambda_schedule = LinearSchedule(lambda_cka, lambda_cka if lambda_end is None else lambda_end)
     groups = [{"params": student.parameters(), "lr": lr}]
     if projectors is not None:
         groups.append({"params": projectors.parameters(), "lr": lr * projector_lr_mult})
@@ -472,6 +473,7 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
             prog = step / max(total - 1, 1)
             a_w = alpha[0] + (alpha[1] - alpha[0]) * prog
             b_w = beta[0] + (beta[1] - beta[0]) * prog
+            drd.lambda_cka = lambda_schedule(prog)
             s_feats = student.forward_stages(x)
             pred = student.forward_head(s_feats)
             terms: dict[str, torch.Tensor] = {}
@@ -507,8 +509,6 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
                 if len(pick) < len(chosen):
                     terms["loss_hybrid"] = terms["loss_hybrid"] * len(chosen) / len(pick)
                     terms["loss_kl"] = terms["loss_kl"] * len(chosen) / len(pick)
-                if lambda_end is not None and lambda_cka > 0:  # lambda moves linearly lambda_cka -> lambda_end
-                    terms["loss_cka"] = terms["loss_cka"] * (lambda_cka + (lambda_end - lambda_cka) * prog) / lambda_cka
                 if hybrid == "mean":
                     terms["loss_hybrid"] = terms["loss_hybrid"] / len(chosen)
                     terms["loss_kl"] = terms["loss_kl"] / len(chosen)
@@ -741,7 +741,8 @@ D_FORM = {"method": "drd", "cka": "positions", "cka_detach": True, "hybrid_skips
 def _short_label(cfg: dict) -> str:
     """:func:`config_label`, with the 2D default form of DRD written "D" (legends stay readable)."""
     if all(cfg.get(k) == v for k, v in D_FORM.items()):
-        rest = config_label({**cfg, "cka": "batch", "cka_detach": False, "hybrid_skips": "student"})
+        defaults = {k: v.default for k, v in inspect.signature(run).parameters.items()}
+        rest = config_label({**cfg, **{k: defaults[k] for k in D_FORM if k != "method"}})
         return "D" + rest[len("drd"):]
     return config_label(cfg)
 
