@@ -179,3 +179,52 @@ def test_teacher_skips_feed_the_reprogrammed_maps_to_the_decoder():
     rd = ReprogrammingModule.from_models(teacher, student, [2, 1, 64, 64], stages="last")
     with pytest.raises(ValueError, match="every stage"):
         DRDTrainer(**{**kwargs, "projectors": rd}, hybrid_skips="teacher")
+
+
+def _grads(module):
+    return {n: None if p.grad is None else p.grad.clone() for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("checkpoint_hybrid", [False, True])
+def test_hybrid_grad_projectors_trains_the_projectors_and_leaves_the_student_to_its_own_path(checkpoint_hybrid):
+    """hybrid_grad="projectors": the hybrid task loss reaches the projectors, never the student."""
+    from monai.losses import DiceCELoss
+
+    from drd_components.networks.students.shufflenet_unet import StagedShuffleNetV2UNet
+
+    g = torch.Generator().manual_seed(1)
+    data = [{"image": torch.rand(1, 64, 64, generator=g), "label": (torch.rand(1, 64, 64, generator=g) > 0.7).float()}
+            for _ in range(4)]
+
+    def one_step(hybrid_grad, use_hybrid):
+        torch.manual_seed(0)
+        teacher = ResNetStandInTeacher(spatial_dims=2, in_channels=1, block_inplanes=(8, 16, 32, 64))
+        student = StagedShuffleNetV2UNet(in_channels=1, out_channels=2, checkpoint_hybrid=checkpoint_hybrid)
+        projectors = ReprogrammingModule.from_models(teacher, student, [2, 1, 64, 64])
+        loss = DRDLoss(DiceCELoss(to_onehot_y=True, softmax=True), use_hybrid=use_hybrid, use_kl=False, use_cka=False)
+        trainer = DRDTrainer(device="cpu", max_epochs=1, epoch_length=1, network=student, teacher=teacher,
+                             train_data_loader=DataLoader(data, batch_size=4), projectors=projectors, loss_function=loss,
+                             optimizer=torch.optim.SGD(list(student.parameters()) + list(projectors.parameters()), lr=0.0),
+                             hybrid_grad=hybrid_grad, hybrid_skips="teacher")
+        trainer.run()
+        assert all(p.requires_grad for p in student.parameters()), "requires_grad was not restored"
+        return _grads(student), _grads(projectors), trainer.state.drd_terms["loss_hybrid"]
+
+    task_only, _, _ = one_step("student", use_hybrid=False)
+    shared, _, _ = one_step("student", use_hybrid=True)
+    proj_only, proj_grads, hybrid_term = one_step("projectors", use_hybrid=True)
+    assert float(hybrid_term) > 0
+    assert any(g is not None and g.abs().sum() > 0 for g in proj_grads.values()), "projectors got no gradient"
+    for name, g in proj_only.items():
+        if task_only[name] is None:
+            assert g is None or g.abs().sum() == 0, f"{name}: gradient from the hybrid paths"
+        else:
+            torch.testing.assert_close(g, task_only[name], msg=f"{name}: the hybrid loss reached the student")
+    # with the paper's co-training the same hybrid loss does reach the student's later stages
+    assert any(shared[n] is not None and task_only[n] is not None and not torch.allclose(shared[n], task_only[n])
+               for n in shared)
+
+
+def test_rejects_unknown_hybrid_grad():
+    with pytest.raises(ValueError, match="hybrid_grad"):
+        _build(hybrid_grad="decoder")

@@ -76,6 +76,8 @@ def test_drd_variant_ids_reach_the_loss(bundle):
     assert default.cka_loss.samples == "positions" and default.cka_detach_reprogrammed
     assert parser.get("train#trainer")["hybrid_skips"] == "@hybrid_skips"
     assert parser.get_parsed_content("hybrid_skips") == "teacher"
+    assert parser.get("train#trainer")["hybrid_grad"] == "@hybrid_grad"
+    assert parser.get_parsed_content("hybrid_grad") == "student"
     # the paper's form stays one override away
     parser.update({"cka_samples": "images", "cka_detach_reprogrammed": False, "hybrid_skips": "student"})
     paper = parser.get_parsed_content("loss", lazy=False)

@@ -380,13 +380,18 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
         use_cka: bool = True, projector_lr_mult: float = 1.0, threads: int = 2, tag: str = "",
         kd_weight: float = 1.0, fitnet_weight: float = 1.0, eval_every: int = 1, hybrid_k: int = 0,
         aug: str = "aligned", hybrid_skips: str = "student", kd_temperature: float = 4.0,
-        source_size: int | None = None, resample: str = "bilinear", lambda_end: float | None = None) -> dict:
+        source_size: int | None = None, resample: str = "bilinear", lambda_end: float | None = None,
+        hybrid_grad: str = "student") -> dict:
     """Train one configuration and return (and save) its result."""
     cfg = {k: v for k, v in locals().items() if k not in ("threads",)}
     if cfg["resample"] == "bilinear":  # the default before the option existed: keeps earlier runs' keys
         del cfg["resample"]
     if cfg["lambda_end"] is None:  # likewise: lambda held constant, as before the option existed
         del cfg["lambda_end"]
+    if cfg["hybrid_grad"] == "student":  # likewise: the hybrid paths train the student's later stages too
+        del cfg["hybrid_grad"]
+    if hybrid_grad not in ("student", "projectors"):
+        raise ValueError(f"hybrid_grad must be 'student' or 'projectors', got {hybrid_grad!r}")
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = f"{task}_{method}{('_' + tag) if tag else ''}_s{seed}_{key}"
     out_dir = LAB / "runs" / name
@@ -396,6 +401,7 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
     torch.set_num_threads(threads)
     from drd_components.losses import CKALoss, DRDLoss, LinearSchedule
     from drd_components.networks import ReprogrammingModule, ReprogrammingProjector
+    from drd_components.engines.drd_trainer import parameters_frozen
     from drd_components.networks.batchnorm import running_stats_frozen
 
     pool = torch.load(_views_path(task, teacher, size, teacher_size, views, arch, view_seed, source_size, resample),
@@ -499,7 +505,9 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
                 pick = list(range(len(chosen)))
                 if 0 < hybrid_k < len(chosen):
                     pick = sorted(torch.randperm(len(chosen), generator=gen)[:hybrid_k].tolist())
-                with running_stats_frozen(student):
+                # hybrid_grad "projectors": the hybrid task loss reaches the projectors only, the student's
+                # later stages and decoder learn from their own path (and from the KL toward the hybrid outputs)
+                with running_stats_frozen(student), parameters_frozen(student, hybrid_grad == "projectors"):
                     # skips below stage i: the student's own (the paper's wording) or the reprogrammed teacher maps
                     skips = r if hybrid_skips == "teacher" else s_feats
                     hyb = [student.forward_from(chosen[j], r[j], skips) for j in pick]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,31 @@ from drd_components.losses.drd_loss import DRDLoss, LinearSchedule
 from drd_components.networks.batchnorm import running_stats_frozen
 from drd_components.networks.reprogramming import ReprogrammingModule
 
-__all__ = ["DRDTrainer", "LOSS_TERM_KEYS", "running_stats_frozen"]
+__all__ = ["DRDTrainer", "HYBRID_GRAD_TARGETS", "LOSS_TERM_KEYS", "parameters_frozen", "running_stats_frozen"]
 
 #: keys of the weighted loss terms placed in ``engine.state.output``; they add up to ``loss``.
 LOSS_TERM_KEYS = ("loss_task", "loss_hybrid", "loss_kl", "loss_cka")
+
+#: what the hybrid paths' task loss trains (``DRDTrainer(hybrid_grad=...)``).
+HYBRID_GRAD_TARGETS = ("student", "projectors")
+
+
+@contextmanager
+def parameters_frozen(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Record the operations inside the context without gradients for ``module``'s parameters.
+
+    Gradients still flow through the module to its inputs (e.g. to the projectors that produced
+    them); the module's own trainable parameters are left out of the recorded graph, and their
+    ``requires_grad`` flags are restored on exit, also when the body raises.
+    """
+    frozen = [p for p in module.parameters() if p.requires_grad] if enabled else []
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 class DRDTrainer(SupervisedTrainer):
@@ -73,6 +95,11 @@ class DRDTrainer(SupervisedTrainer):
         hybrid_skips: skip features of the hybrid paths below the replaced stage: ``"student"``
             (the student's own) or ``"teacher"`` (the reprogrammed teacher maps; needs a projector
             on every stage up to the deepest one). See :meth:`hybrid_skip_features`.
+        hybrid_grad: what the hybrid paths' task loss trains: ``"student"`` (the paper's deep
+            co-training: the projectors and the student's later stages and head, which the hybrid
+            paths share) or ``"projectors"`` (the projectors only; the student's stages and head
+            then learn from their own path, the KL toward the hybrid outputs and CKA). With
+            ``"projectors"`` the student's later stages are not trained on teacher-derived inputs.
         kwargs: every other :class:`monai.engines.SupervisedTrainer` argument.
 
     A training data loader whose sampler has ``set_epoch`` (e.g.
@@ -102,6 +129,7 @@ class DRDTrainer(SupervisedTrainer):
         hybrid_stages_per_step: int | None = None,
         hybrid_seed: int = 0,
         hybrid_skips: str = "student",
+        hybrid_grad: str = "student",
         **kwargs: Any,
     ) -> None:
         core = getattr(network, "module", network)  # DistributedDataParallel wraps the student
@@ -147,6 +175,9 @@ class DRDTrainer(SupervisedTrainer):
                 f"(drd_stages 'all'), got stages {projectors.student_stages}."
             )
         self.hybrid_skips = hybrid_skips
+        if hybrid_grad not in HYBRID_GRAD_TARGETS:
+            raise ValueError(f"hybrid_grad must be one of {HYBRID_GRAD_TARGETS}, got '{hybrid_grad}'.")
+        self.hybrid_grad = hybrid_grad
         self.hybrid_stages_per_step = None if hybrid_stages_per_step is None else int(hybrid_stages_per_step)
         self.hybrid_seed = int(hybrid_seed)
         self.state.drd_terms = {}
@@ -266,7 +297,7 @@ class DRDTrainer(SupervisedTrainer):
             reprogrammed = engine.projectors(teacher_feats, s_feats)
             drawn = engine.draw_hybrid_stages()
             engine.state.hybrid_stages = [stages[j] for j in drawn]
-            with running_stats_frozen(student):
+            with running_stats_frozen(student), parameters_frozen(student, engine.hybrid_grad == "projectors"):
                 skips = engine.hybrid_skip_features(reprogrammed, s_feats)
                 hybrids = [student.forward_from(stages[j], reprogrammed[j], skips) for j in drawn]
             terms = engine.loss_function(

@@ -34,6 +34,7 @@ COMMON_HYPER = {
     "cka_max_positions": (4096, "positions drawn per stage when `cka_samples` is \"positions\""),
     "cka_detach_reprogrammed": (True, "stop the CKA gradient at the reprogrammed teacher maps: CKA moves the student toward them, the projectors learn from the hybrid paths only"),
     "hybrid_skips": ("teacher", "skip features below the replaced stage in the hybrid paths: \"student\" (the paper's wording) or \"teacher\" (the reprogrammed maps; needs a projector on every stage)"),
+    "hybrid_grad": ("student", "what the hybrid paths' task loss trains: \"student\" (the paper's co-training: projectors + the student's later stages and head) or \"projectors\" (the projectors only; the student learns from its own path, the KL toward the hybrid outputs and CKA)"),
     "hybrid_stages_per_step": (None, "hybrid paths + KL on k of the N projected stages per iteration, drawn uniformly, scaled by N/k (null: all N, exact DRD)"),
     "progress_bar": (True, "tqdm progress bar over the iterations of each epoch (rank 0)"),
     "resume": (True, "continue from the newest `resume_checkpoint_epoch=N.pt` in `ckpt_dir` when one exists (model, projectors, optimizer, scheduler, epoch, best metric)"),
@@ -402,7 +403,7 @@ def train_config(spec: BundleSpec) -> dict:
             "alpha_schedule": {"_target_": "drd_components.losses.LinearSchedule", "start": "@alpha_start", "end": "@alpha_end"},
             "beta_schedule": {"_target_": "drd_components.losses.LinearSchedule", "start": "@beta_start", "end": "@beta_end"},
             "hybrid_stages_per_step": "@hybrid_stages_per_step", "hybrid_seed": "@seed", "hybrid_skips": "@hybrid_skips",
-            "amp": "@amp", "inferer": "@train#inferer", "postprocessing": "@train#postprocessing",
+            "hybrid_grad": "@hybrid_grad", "amp": "@amp", "inferer": "@train#inferer", "postprocessing": "@train#postprocessing",
             "key_train_metric": "@train#key_metric", "train_handlers": "@train#handlers"},
     }
     if seg:
