@@ -34,7 +34,7 @@ COMMON_HYPER = {
     "cka_max_positions": (4096, "positions drawn per stage when `cka_samples` is \"positions\""),
     "cka_detach_reprogrammed": (True, "stop the CKA gradient at the reprogrammed teacher maps: CKA moves the student toward them, the projectors learn from the hybrid paths only"),
     "hybrid_skips": ("teacher", "skip features below the replaced stage in the hybrid paths: \"student\" (the paper's wording) or \"teacher\" (the reprogrammed maps; needs a projector on every stage)"),
-    "hybrid_grad": ("student", "what the hybrid paths' task loss trains: \"student\" (the paper's co-training: projectors + the student's later stages and head) or \"projectors\" (the projectors only; the student learns from its own path, the KL toward the hybrid outputs and CKA)"),
+    "hybrid_grad": ("student", "what the hybrid paths' task loss trains: \"student\" (the paper's co-training: projectors + the student's later stages and head) or \"projectors\" (the projectors only; the student learns from its own path, the KL toward the hybrid outputs and CKA; measured with LiteMedSAM: it loses DRD's Kvasir margin and ties on BUSI segmentation)"),
     "hybrid_stages_per_step": (None, "hybrid paths + KL on k of the N projected stages per iteration, drawn uniformly, scaled by N/k (null: all N, exact DRD)"),
     "progress_bar": (True, "tqdm progress bar over the iterations of each epoch (rank 0)"),
     "resume": (True, "continue from the newest `resume_checkpoint_epoch=N.pt` in `ckpt_dir` when one exists (model, projectors, optimizer, scheduler, epoch, best metric)"),
