@@ -390,8 +390,10 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
         del cfg["lambda_end"]
     if cfg["hybrid_grad"] == "student":  # likewise: the hybrid paths train the student's later stages too
         del cfg["hybrid_grad"]
-    if hybrid_grad not in ("student", "projectors"):
-        raise ValueError(f"hybrid_grad must be 'student' or 'projectors', got {hybrid_grad!r}")
+    from drd_components.engines.drd_trainer import HYBRID_GRAD_TARGETS, parameters_frozen
+
+    if hybrid_grad not in HYBRID_GRAD_TARGETS:
+        raise ValueError(f"hybrid_grad must be one of {HYBRID_GRAD_TARGETS}, got {hybrid_grad!r}")
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = f"{task}_{method}{('_' + tag) if tag else ''}_s{seed}_{key}"
     out_dir = LAB / "runs" / name
@@ -401,7 +403,6 @@ def run(task: str, method: str = "drd", teacher: str = "merlin", seed: int = 0, 
     torch.set_num_threads(threads)
     from drd_components.losses import CKALoss, DRDLoss, LinearSchedule
     from drd_components.networks import ReprogrammingModule, ReprogrammingProjector
-    from drd_components.engines.drd_trainer import parameters_frozen
     from drd_components.networks.batchnorm import running_stats_frozen
 
     pool = torch.load(_views_path(task, teacher, size, teacher_size, views, arch, view_seed, source_size, resample),
